@@ -1,0 +1,1 @@
+"""curvenet-dist: distributed probe-and-allocate training for noisy, long-tailed image classification."""

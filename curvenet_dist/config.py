@@ -1,0 +1,386 @@
+"""Typed experiment configuration: YAML files plus `key.sub=value` overrides, validated before any work.
+
+One YAML per experiment serves both stages. Every field has a default; a YAML or override names only
+what differs. Unknown keys and bad values stop with a message naming the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message names the dotted key."""
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    """The run folder: resolved config, checkpoints, curve store, metrics. A rerun with the same folder resumes."""
+    seed: int = 0
+    """Seed for model initialisation, data order and augmentation."""
+    device: str = "auto"
+    """`auto` (CUDA when present), `cpu` or `cuda`. DDP uses NCCL on CUDA and gloo on CPU."""
+    keep_checkpoints: int = 2
+    """How many of the newest epoch checkpoints to keep."""
+
+    def validate(self) -> None:
+        _choice("run.device", self.device, ("auto", "cpu", "cuda"))
+        _positive("run.keep_checkpoints", self.keep_checkpoints)
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"
+    """`digits` (scikit-learn's, embedded), `fashion_mnist` (Debian's dataset-fashion-mnist) or `prepared`
+    (a folder made by data_prep/: classes.txt plus train/meta/val/test CSVs)."""
+    path: str = ""
+    """For `prepared`: the dataset folder. For `fashion_mnist`: the folder of Debian's idx files. For `digits`:
+    where the image files are written (default: a cache folder in the user's home)."""
+    image_size: int = 32
+    """Side of the square image the network sees."""
+    loader: str = "torch"
+    """`torch` (DataLoader) or `dali` (NVIDIA DALI; GPU decode where there is a GPU)."""
+    batch_size: int = 128
+    """Training batch size per rank."""
+    eval_batch_size: int = 256
+    """Evaluation batch size per rank."""
+    num_workers: int = 2
+    """Loader worker processes (torch) or threads (DALI) per rank."""
+    test_fraction: float = 0.3
+    """For `digits`: the fraction of each class held out as the clean, balanced test set."""
+    augment: str = "crop_flip"
+    """Training augmentation: `crop_flip` (pad-4 random crop + flip, small images), `resized_crop`
+    (random resized crop + flip, ImageNet style) or `none`."""
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Per-channel normalisation mean (RGB, 0-1 scale)."""
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    """Per-channel normalisation std (RGB, 0-1 scale)."""
+
+    def validate(self) -> None:
+        _choice("data.source", self.source, ("digits", "fashion_mnist", "prepared"))
+        _choice("data.loader", self.loader, ("torch", "dali"))
+        _choice("data.augment", self.augment, ("crop_flip", "resized_crop", "none"))
+        if self.source == "prepared" and not self.path:
+            raise ConfigError("data.path must name the prepared dataset folder when data.source='prepared'")
+        for key in ("image_size", "batch_size", "eval_batch_size"):
+            _positive(f"data.{key}", getattr(self, key))
+        _positive("data.num_workers", self.num_workers, allow_zero=True)
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction={self.test_fraction} must be in (0, 1)")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != 3:
+                raise ConfigError(f"data.{key} must list 3 values (R, G, B)")
+
+
+@dataclass
+class BiasConfig:
+    """Synthetic bias (DESIGN.md §1): applied to the training split only, after the meta carve-out."""
+
+    meta_per_class: int = 10
+    """Clean samples per class carved out of the training split as the meta set before corruption (0: none)."""
+    imbalance_factor: float = 1.0
+    """n_max / n_min of the exponential long tail; 1 keeps the classes as they are."""
+    noise_type: str = "none"
+    """`none`, `uniform` (any class incl. the true one), `flip` (to one other class) or `flip2` (to two)."""
+    noise_rate: float = 0.0
+    """Probability p that a training label is corrupted."""
+    seed: int = 0
+    """Seed of the carve-out, tail and noise (recorded so runs compare on the same data)."""
+
+    def validate(self) -> None:
+        _choice("bias.noise_type", self.noise_type, ("none", "uniform", "flip", "flip2"))
+        _positive("bias.meta_per_class", self.meta_per_class, allow_zero=True)
+        if self.imbalance_factor < 1:
+            raise ConfigError(f"bias.imbalance_factor={self.imbalance_factor} must be >= 1")
+        if not 0 <= self.noise_rate < 1:
+            raise ConfigError(f"bias.noise_rate={self.noise_rate} must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cifar_resnet"
+    """Backbone from the registry: `cifar_resnet` (He et al.'s CIFAR ResNet) or `resnet50` (timm)."""
+    depth: int = 32
+    """CIFAR ResNet depth, 6n+2 (ResNet-32 is the papers' CIFAR backbone)."""
+    width: int = 16
+    """CIFAR ResNet channels of the first stage."""
+    weights: str = ""
+    """A local file of pretrained weights (state dict); never downloaded."""
+    channels_last: bool = True
+    """Use channels_last memory format on GPU."""
+    amp: str = "bf16"
+    """Mixed precision on GPU: `bf16` or `off`. CPU runs always use float32."""
+
+    def validate(self) -> None:
+        _choice("model.name", self.name, ("cifar_resnet", "resnet50"))
+        _choice("model.amp", self.amp, ("bf16", "off"))
+
+
+@dataclass
+class OptimConfig:
+    """SGD of the classifier (both stages)."""
+
+    lr: float = 0.1
+    """Base learning rate."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    weight_decay: float = 5e-4
+    """L2 weight decay."""
+    nesterov: bool = False
+    """Nesterov momentum."""
+
+    def validate(self) -> None:
+        _positive("optim.lr", self.lr)
+        _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum={self.momentum} must be in [0, 1)")
+
+
+@dataclass
+class ProbeConfig:
+    """The probe stage: plain CE with a cyclical LR, recording every sample's loss each epoch."""
+
+    epochs: int = 30
+    """Probe epochs T: the curve length."""
+    schedule: str = "square"
+    """`square` (the reference code: optim.lr for the first warm_fraction of epochs, then a square wave between
+    high_lr and low_lr every cycle_epochs) or `triangular` (Smith's cycle between low_lr and high_lr)."""
+    warm_fraction: float = 0.4
+    """`square`: fraction of epochs held at optim.lr before cycling."""
+    high_lr: float = 0.01
+    """Upper LR of the cycle."""
+    low_lr: float = 0.001
+    """Lower LR of the cycle."""
+    cycle_epochs: int = 15
+    """`square`: epochs per half wave. `triangular`: epochs per half cycle (Smith's step size)."""
+    record: bool = True
+    """Record per-sample losses into the curve store (off only to measure its cost)."""
+    dir: str = ""
+    """For the allocate stage: the probe run folder whose curve store is read."""
+
+    def validate(self) -> None:
+        _choice("probe.schedule", self.schedule, ("square", "triangular"))
+        _positive("probe.epochs", self.epochs)
+        _positive("probe.cycle_epochs", self.cycle_epochs)
+        if not 0 <= self.warm_fraction <= 1:
+            raise ConfigError(f"probe.warm_fraction={self.warm_fraction} must be in [0, 1]")
+        if not 0 < self.low_lr <= self.high_lr:
+            raise ConfigError(f"probe.low_lr={self.low_lr} must be > 0 and <= probe.high_lr={self.high_lr}")
+
+
+@dataclass
+class AllocateConfig:
+    """The allocate stage's classifier training (step LR)."""
+
+    epochs: int = 30
+    """Allocate epochs."""
+    milestones: list[int] = field(default_factory=lambda: [20, 25])
+    """Epochs at which the LR is multiplied by gamma. CurveNet is frozen at the first."""
+    gamma: float = 0.1
+    """LR decay factor."""
+
+    def validate(self) -> None:
+        _positive("allocate.epochs", self.epochs)
+        if sorted(self.milestones) != list(self.milestones) or any(m <= 0 for m in self.milestones):
+            raise ConfigError(f"allocate.milestones={self.milestones} must be increasing positive epochs")
+
+
+@dataclass
+class CurveNetConfig:
+    skip_epochs: int = 5
+    """S: the first S probe epochs are dropped from each curve."""
+    normalize_std: bool = False
+    """Also divide the class-centred curve by the per-class, per-epoch std."""
+    embedding_dim: int = 64
+    """P: width of the curve feature and of the label embedding."""
+    curve_hidden: list[int] = field(default_factory=lambda: [128, 128])
+    """Hidden sizes of the curve branch before the P-wide layer."""
+    head_hidden: list[int] = field(default_factory=lambda: [128, 64])
+    """Hidden sizes after curve and label features are summed."""
+    mwnet_hidden: int = 100
+    """Hidden size of the Meta-Weight-Net baseline (1-h-1 MLP over the loss)."""
+
+    def validate(self) -> None:
+        _positive("curvenet.skip_epochs", self.skip_epochs, allow_zero=True)
+        _positive("curvenet.embedding_dim", self.embedding_dim)
+
+
+@dataclass
+class MetaConfig:
+    sync: str = "exact"
+    """`exact`: the meta-gradient equals one process on the union of all ranks' batches. `local`: each rank's
+    virtual step sees only its own batch (cheaper, approximate)."""
+    lr: float = 1e-3
+    """Adam LR of the weighting network."""
+    weight_decay: float = 1e-4
+    """Adam weight decay of the weighting network."""
+    interval: int = 1
+    """Run a meta update every this many iterations."""
+    batch_size: int = 100
+    """Meta batch size per rank."""
+    source: str = "carved"
+    """`carved` (bias.meta_per_class clean samples), `split` (the dataset's own meta split) or `lowest_loss`
+    (the per_class lowest mean-probe-loss samples of each class; no clean data needed)."""
+    per_class: int = 10
+    """For `lowest_loss`: samples per class."""
+
+    def validate(self) -> None:
+        _choice("meta.sync", self.sync, ("exact", "local"))
+        _choice("meta.source", self.source, ("carved", "split", "lowest_loss"))
+        for key in ("lr", "interval", "batch_size", "per_class"):
+            _positive(f"meta.{key}", getattr(self, key))
+
+
+@dataclass
+class SLMOConfig:
+    skip_layers: int = 2
+    """Keep the stem and the first k stages out of the virtual step (0: full meta step). Checked against the
+    backbone's stage count."""
+
+    def validate(self) -> None:
+        _positive("slmo.skip_layers", self.skip_layers, allow_zero=True)
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "curvenet-dist"
+    """MLflow experiment name."""
+    uri: str = ""
+    """MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else a local store inside the run folder."""
+    enabled: bool = True
+    """Log to MLflow (rank 0 only)."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bias: BiasConfig = field(default_factory=BiasConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    allocate: AllocateConfig = field(default_factory=AllocateConfig)
+    method: str = "curvenet"
+    """Allocate-stage weighting: `curvenet`, `mwnet` (Meta-Weight-Net) or `ce` (every weight 1)."""
+    curvenet: CurveNetConfig = field(default_factory=CurveNetConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    slmo: SLMOConfig = field(default_factory=SLMOConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> None:
+        _choice("method", self.method, ("curvenet", "mwnet", "ce"))
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
+                section.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, object]:
+        """Dotted keys to values, e.g. {'data.batch_size': 128}: MLflow params."""
+        out: dict[str, object] = {}
+
+        def walk(prefix: str, value: object) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}{key}.", sub)
+            else:
+                out[prefix[:-1]] = value
+
+        walk("", self.to_dict())
+        return out
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _coerce(key: str, value: object, annotation: object) -> object:
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} must be a list, e.g. {key}=[1,2]")
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(f"{key}[{i}]", item, item_type) for i, item in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if annotation is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def _apply(target: object, values: dict, prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(target))
+    names = {f.name for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key {dotted!r}; known keys here: {', '.join(sorted(names))}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted} is a section; give its keys, e.g. {dotted}.<key>=...")
+            _apply(current, value, f"{dotted}.", source)
+        else:
+            setattr(target, key, _coerce(f"{source}: {dotted}", value, hints[key]))
+
+
+def parse_override(text: str) -> dict:
+    """`a.b=value` -> {'a': {'b': value}}, the value parsed as YAML (so 3, 0.1, true, [1,2] are typed)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    nested: dict = value
+    for part in reversed(dotted.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file, then each override in order; validated."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        _apply(config, values, "", str(path))
+    for text in overrides:
+        _apply(config, parse_override(text), "", "command line")
+    config.validate()
+    return config

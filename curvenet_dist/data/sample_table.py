@@ -1,0 +1,161 @@
+"""The sample table: every image of one split with its given label, true label and stable id.
+
+A prepared dataset is a folder holding `classes.txt` (one class name a line) and one CSV per split
+(`train.csv`, `meta.csv`, `val.csv`, `test.csv`) with the header `path,label,true_label`. `path` is
+relative to the folder's `image_root` (written in `dataset.yaml`, default: the folder itself);
+`true_label` is -1 where unknown. A sample's id is its row number in its split: the training split's
+ids are the rows of the curve store.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+SPLITS = ("train", "meta", "val", "test")
+UNKNOWN = -1
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, line or sample."""
+
+
+@dataclass
+class SampleTable:
+    """One split: image paths (relative to `image_root`), given labels and true labels (-1 unknown)."""
+
+    image_root: Path
+    paths: list[str]
+    labels: np.ndarray
+    true_labels: np.ndarray
+    num_classes: int
+    origin: str = field(default="")
+    """Where the table came from (a file path), for error messages."""
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.true_labels = np.asarray(self.true_labels, dtype=np.int64)
+        if not (len(self.paths) == len(self.labels) == len(self.true_labels)):
+            raise DataError(f"{self.origin}: paths, labels and true labels differ in length")
+        for name, values, low in (("label", self.labels, 0), ("true_label", self.true_labels, UNKNOWN)):
+            bad = np.flatnonzero((values < low) | (values >= self.num_classes))
+            if bad.size:
+                i = int(bad[0])
+                raise DataError(
+                    f"{self.origin}: sample {i} ({self.paths[i]}) has {name} {int(values[i])}, "
+                    f"outside [0, {self.num_classes})"
+                )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.int64)
+
+    @property
+    def has_true_labels(self) -> bool:
+        return len(self) > 0 and bool((self.true_labels != UNKNOWN).all())
+
+    def image_path(self, sample_id: int) -> Path:
+        return self.image_root / self.paths[sample_id]
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+    def select(self, rows: np.ndarray, labels: np.ndarray | None = None) -> "SampleTable":
+        """A new table of the given rows (renumbered from 0), optionally with new given labels."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return SampleTable(
+            image_root=self.image_root,
+            paths=[self.paths[i] for i in rows],
+            labels=self.labels[rows] if labels is None else labels,
+            true_labels=self.true_labels[rows],
+            num_classes=self.num_classes,
+            origin=self.origin,
+        )
+
+    def fingerprint(self) -> str:
+        """A hash of paths and labels: two tables with the same fingerprint describe the same samples."""
+        digest = hashlib.sha256()
+        digest.update(str(self.num_classes).encode())
+        digest.update("\n".join(self.paths).encode())
+        digest.update(self.labels.tobytes())
+        digest.update(self.true_labels.tobytes())
+        return digest.hexdigest()[:16]
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "true_label"])
+            writer.writerows(zip(self.paths, self.labels.tolist(), self.true_labels.tolist()))
+
+    @classmethod
+    def read_csv(cls, path: Path, image_root: Path, num_classes: int) -> "SampleTable":
+        paths, labels, true_labels = [], [], []
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != ["path", "label", "true_label"]:
+                raise DataError(f"{path}:1: expected the header 'path,label,true_label', found {header}")
+            for line_number, row in enumerate(reader, start=2):
+                if len(row) != 3:
+                    raise DataError(f"{path}:{line_number}: expected 3 fields (path,label,true_label), found {len(row)}")
+                try:
+                    label, true_label = int(row[1]), int(row[2])
+                except ValueError:
+                    raise DataError(f"{path}:{line_number}: labels must be integers, found {row[1]!r}, {row[2]!r}") from None
+                for name, value, low in (("label", label, 0), ("true_label", true_label, UNKNOWN)):
+                    if not low <= value < num_classes:
+                        raise DataError(f"{path}:{line_number}: {name} {value} is outside [0, {num_classes})")
+                paths.append(row[0])
+                labels.append(label)
+                true_labels.append(true_label)
+        return cls(image_root, paths, np.array(labels), np.array(true_labels), num_classes, origin=str(path))
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset folder: class names and the four split tables (a split may be empty)."""
+
+    folder: Path
+    class_names: list[str]
+    splits: dict[str, SampleTable]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def write(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "classes.txt").write_text("".join(f"{name}\n" for name in self.class_names))
+        image_root = next(iter(self.splits.values())).image_root
+        info = {"image_root": str(image_root.resolve())}
+        (self.folder / "dataset.yaml").write_text(yaml.safe_dump(info))
+        for split, table in self.splits.items():
+            table.write_csv(self.folder / f"{split}.csv")
+
+    @classmethod
+    def read(cls, folder: Path) -> "PreparedDataset":
+        folder = Path(folder)
+        classes_file = folder / "classes.txt"
+        if not classes_file.is_file():
+            raise DataError(f"{classes_file}: missing; is {folder} a prepared dataset (see data_prep/)?")
+        class_names = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        image_root = folder
+        info_file = folder / "dataset.yaml"
+        if info_file.is_file():
+            info = yaml.safe_load(info_file.read_text()) or {}
+            image_root = Path(info.get("image_root", folder))
+        splits = {}
+        for split in SPLITS:
+            csv_path = folder / f"{split}.csv"
+            if csv_path.is_file():
+                splits[split] = SampleTable.read_csv(csv_path, image_root, len(class_names))
+        if "train" not in splits:
+            raise DataError(f"{folder / 'train.csv'}: missing; every prepared dataset needs a training split")
+        return cls(folder, class_names, splits)

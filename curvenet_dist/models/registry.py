@@ -1,0 +1,18 @@
+"""Backbones by name. Every backbone is a StagedNet, so SLMO can split any of them."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from curvenet_dist.config import ConfigError, ModelConfig
+from curvenet_dist.models.cifar_resnet import cifar_resnet
+from curvenet_dist.models.staged import StagedNet
+
+BACKBONES: dict[str, Callable[[ModelConfig, int], StagedNet]] = {
+    "cifar_resnet": lambda config, num_classes: cifar_resnet(config.depth, num_classes, config.width),
+}
+
+
+def build_backbone(config: ModelConfig, num_classes: int) -> StagedNet:
+    if config.name not in BACKBONES:
+        raise ConfigError(f"model.name={config.name!r} is not registered; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[config.name](config, num_classes)
