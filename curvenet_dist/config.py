@@ -64,8 +64,9 @@ class DataConfig:
     test_fraction: float = 0.3
     """For `digits`: the fraction of each class held out as the clean, balanced test set."""
     augment: str = "crop_flip"
-    """Training augmentation: `crop_flip` (pad-4 random crop + flip, small images), `resized_crop`
-    (random resized crop + flip, ImageNet style) or `none`."""
+    """Training augmentation: `crop_flip` (padded random crop + flip, small images), `crop` (the same without
+    the flip, for classes a mirror changes, like digits), `resized_crop` (random resized crop + flip, ImageNet
+    style) or `none`."""
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     """Per-channel normalisation mean (RGB, 0-1 scale)."""
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -74,7 +75,7 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.source", self.source, ("digits", "fashion_mnist", "prepared"))
         _choice("data.loader", self.loader, ("torch", "dali"))
-        _choice("data.augment", self.augment, ("crop_flip", "resized_crop", "none"))
+        _choice("data.augment", self.augment, ("crop_flip", "crop", "resized_crop", "none"))
         if self.source == "prepared" and not self.path:
             raise ConfigError("data.path must name the prepared dataset folder when data.source='prepared'")
         for key in ("image_size", "batch_size", "eval_batch_size"):

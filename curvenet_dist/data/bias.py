@@ -1,0 +1,100 @@
+"""Synthetic bias, Meta-Weight-Net conventions (DESIGN.md §1): meta carve-out, long tail, label noise.
+
+Counts are exact rather than Bernoulli draws, so a config's imbalance factor and noise rate are what the
+data really has. Every step is seeded, and true labels are kept so noise detection can be scored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from curvenet_dist.config import BiasConfig
+from curvenet_dist.data.sample_table import DataError, SampleTable
+
+
+def carve_meta(labels: np.ndarray, num_classes: int, per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a clean, balanced meta set (`per_class` of each class) and the remaining rows."""
+    meta_rows = []
+    for c in range(num_classes):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) <= per_class:
+            raise DataError(
+                f"class {c} has {len(rows)} training samples: too few to carve {per_class} meta samples "
+                f"(bias.meta_per_class) and keep any for training"
+            )
+        meta_rows.append(rng.choice(rows, per_class, replace=False))
+    meta = np.sort(np.concatenate(meta_rows)) if meta_rows else np.zeros(0, np.int64)
+    return meta, np.setdiff1d(np.arange(len(labels)), meta)
+
+
+def long_tail_counts(available: np.ndarray, imbalance_factor: float) -> np.ndarray:
+    """n_c = n_max * mu^(c/(C-1)) with mu = 1/imbalance_factor; n_max is the smallest class's size so every
+    class can supply its count."""
+    num_classes = len(available)
+    n_max = int(available.min())
+    if num_classes == 1 or imbalance_factor == 1:
+        return np.full(num_classes, n_max)
+    exponents = np.arange(num_classes) / (num_classes - 1)
+    return np.maximum(1, np.round(n_max * (1.0 / imbalance_factor) ** exponents)).astype(np.int64)
+
+
+def noise_targets(num_classes: int, noise_type: str, rng: np.random.Generator) -> np.ndarray:
+    """For `flip` and `flip2`: each class's fixed other classes its labels flip to, shape [C, 1 or 2]."""
+    width = 1 if noise_type == "flip" else 2
+    targets = np.zeros((num_classes, width), np.int64)
+    for c in range(num_classes):
+        others = np.delete(np.arange(num_classes), c)
+        targets[c] = rng.choice(others, width, replace=False)
+    return targets
+
+
+def corrupt_labels(true_labels: np.ndarray, num_classes: int, noise_type: str, rate: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Given labels: in every class exactly round(rate * n_c) samples are corrupted. `uniform` draws any class,
+    the true one included (so the effective rate is rate * (C-1)/C); `flip` sends them to one other class;
+    `flip2` sends half to each of two other classes."""
+    labels = true_labels.copy()
+    if noise_type == "none" or rate == 0:
+        return labels
+    targets = noise_targets(num_classes, noise_type, rng) if noise_type != "uniform" else None
+    for c in range(num_classes):
+        rows = np.flatnonzero(true_labels == c)
+        chosen = rng.permutation(rows)[: round(rate * len(rows))]
+        if noise_type == "uniform":
+            labels[chosen] = rng.integers(0, num_classes, len(chosen))
+        elif noise_type == "flip":
+            labels[chosen] = targets[c, 0]
+        else:
+            half = len(chosen) // 2
+            labels[chosen[:half]] = targets[c, 0]
+            labels[chosen[half:]] = targets[c, 1]
+    return labels
+
+
+@dataclass
+class BiasedSplit:
+    train: SampleTable
+    """The biased training set: long-tailed, given labels corrupted, true labels kept."""
+    carved_meta: SampleTable
+    """Clean, balanced samples carved out before corruption (empty when bias.meta_per_class is 0)."""
+
+
+def apply_bias(table: SampleTable, config: BiasConfig) -> BiasedSplit:
+    """Carve the meta set first, then the long tail, then label noise on the training part only."""
+    rng = np.random.default_rng(config.seed)
+    # Carving and the tail select by the clean labels: the source split is assumed clean where true labels exist.
+    clean = np.where(table.true_labels >= 0, table.true_labels, table.labels)
+    meta_rows, rest = carve_meta(clean, table.num_classes, config.meta_per_class, rng)
+    available = np.bincount(clean[rest], minlength=table.num_classes)
+    if config.imbalance_factor > 1:
+        counts = long_tail_counts(available, config.imbalance_factor)
+        rest = np.sort(np.concatenate([
+            rng.choice(rest[clean[rest] == c], counts[c], replace=False) for c in range(table.num_classes)
+        ]))
+    train = table.select(rest)
+    if config.noise_type != "none" and config.noise_rate > 0:
+        # Synthetic noise on top of the source's labels: those labels become the truth to score against.
+        train.labels = corrupt_labels(clean[rest], table.num_classes, config.noise_type, config.noise_rate, rng)
+        train.true_labels = clean[rest]
+    return BiasedSplit(train=train, carved_meta=table.select(meta_rows))

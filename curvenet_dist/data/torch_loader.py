@@ -1,0 +1,105 @@
+"""The torch DataLoader path: yields (images, labels, ids) batches from a sample table, sharded by global rank."""
+from __future__ import annotations
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from curvenet_dist.data.sample_table import DataError, SampleTable
+from curvenet_dist.data.sharding import epoch_order, rank_share
+
+
+def build_transform(*, train: bool, image_size: int, augment: str, mean: list[float], std: list[float]) -> v2.Compose:
+    steps: list[v2.Transform] = [v2.ToImage()]
+    if train and augment == "resized_crop":
+        steps += [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+    elif not train and augment == "resized_crop":
+        steps += [v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
+    else:
+        steps += [v2.Resize((image_size, image_size), antialias=True)]
+        if train and augment in ("crop", "crop_flip"):
+            steps += [v2.RandomCrop(image_size, padding=max(1, image_size // 8))]
+        if train and augment == "crop_flip":
+            steps += [v2.RandomHorizontalFlip()]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
+class SampleTableDataset(Dataset):
+    def __init__(self, table: SampleTable, transform: v2.Compose):
+        self.table = table
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, sample_id: int) -> tuple[torch.Tensor, int, int]:
+        path = self.table.image_path(sample_id)
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except (OSError, UnidentifiedImageError) as error:
+            raise DataError(f"sample {sample_id}: cannot read image {path}: {error}") from None
+        return self.transform(rgb), int(self.table.labels[sample_id]), sample_id
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's share of a seeded, per-epoch order (see sharding.py); `start_batch` skips batches already
+    trained when an epoch resumes mid-way."""
+
+    def __init__(self, num_samples: int, *, shuffle: bool, seed: int, rank: int, world_size: int, batch_size: int):
+        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.epoch, self.start_batch = 0, 0
+        self.share = self._share()
+
+    def _share(self):
+        order = epoch_order(self.num_samples, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch)
+        return rank_share(order, self.rank, self.world_size, self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+        self.share = self._share()
+
+    def __iter__(self):
+        return iter(self.share[self.start_batch * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return max(0, len(self.share) - self.start_batch * self.batch_size)
+
+
+class TorchLoader:
+    """A DataLoader over a ShardSampler with the loader contract: iterate (images, labels, ids);
+    len() = batches per epoch, the same on every rank; set_epoch() before each epoch."""
+
+    def __init__(self, dataset: SampleTableDataset, sampler: ShardSampler, batch_size: int, num_workers: int, pin_memory: bool):
+        self.sampler = sampler
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+            persistent_workers=False, worker_init_fn=_seed_worker,
+        )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
+        # Augmentation randomness follows (seed, epoch, position) so a resumed epoch sees the same crops.
+        self.loader.generator = torch.Generator().manual_seed(hash((self.sampler.seed, epoch, start_batch)) % 2**63)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, ids in self.loader:
+            yield images, labels.long(), ids.long()
+
+
+def _seed_worker(worker_id: int) -> None:
+    torch.manual_seed(torch.initial_seed() % 2**63 + worker_id)
+
+
+def build_torch_loader(table: SampleTable, *, train: bool, batch_size: int, image_size: int, mean: list[float],
+                       std: list[float], augment: str, rank: int, world_size: int, seed: int, num_threads: int,
+                       device_id: int | None) -> TorchLoader:
+    transform = build_transform(train=train, image_size=image_size, augment=augment, mean=mean, std=std)
+    sampler = ShardSampler(len(table), shuffle=train, seed=seed, rank=rank, world_size=world_size, batch_size=batch_size)
+    return TorchLoader(SampleTableDataset(table, transform), sampler, batch_size, num_threads, pin_memory=device_id is not None)

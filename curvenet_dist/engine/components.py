@@ -1,0 +1,56 @@
+"""Builders shared by the probe and allocate trainers."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from curvenet_dist.config import Config
+from curvenet_dist.data.sample_table import DataError, SampleTable
+from curvenet_dist.models.registry import build_backbone
+from curvenet_dist.models.staged import StagedNet
+
+
+def fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def probe_fingerprint(config: Config, train: SampleTable) -> str:
+    """What makes two probe runs' curves comparable: the samples, the model, the optimiser, the schedule."""
+    data = {key: getattr(config.data, key) for key in ("image_size", "batch_size", "augment", "mean", "std")}
+    model = {key: getattr(config.model, key) for key in ("name", "depth", "width", "weights")}
+    probe = {key: value for key, value in vars(config.probe).items() if key not in ("dir", "record")}
+    return fingerprint(train.fingerprint(), data, model, vars(config.optim), probe, config.run.seed)
+
+
+def check_images_exist(table: SampleTable, split: str) -> None:
+    """Fail before training, naming the sample, if an image file is missing or unreadable."""
+    for sample_id, relative in enumerate(table.paths):
+        path = table.image_root / relative
+        if not os.access(path, os.R_OK):
+            raise DataError(f"{split} sample {sample_id}: image {path} is missing or unreadable")
+
+
+def build_model(config: Config, num_classes: int, device: torch.device) -> StagedNet:
+    torch.manual_seed(config.run.seed)
+    model = build_backbone(config.model, num_classes).to(device)
+    if device.type == "cuda" and config.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast_for(config: Config, device: torch.device):
+    """bf16 autocast on GPU when asked; float32 on CPU."""
+    if device.type == "cuda" and config.model.amp == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def write_json(path: Path, payload: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(temporary, path)

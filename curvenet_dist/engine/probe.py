@@ -1,0 +1,219 @@
+"""The probe stage: plain CE under a cyclical LR, every sample's training loss recorded every epoch."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from curvenet_dist.config import Config
+from curvenet_dist.curves.gather import all_gather_concat, losses_by_id
+from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.data.datasets import build_splits
+from curvenet_dist.data.loader import build_loader
+from curvenet_dist.engine.checkpoint import Checkpointer
+from curvenet_dist.engine.components import (
+    autocast_for, build_model, check_images_exist, probe_fingerprint, write_json,
+)
+from curvenet_dist.engine.distributed import DistributedContext, barrier
+from curvenet_dist.engine.evaluate import accuracy_report, predict
+from curvenet_dist.engine.lr_schedule import probe_lr
+from curvenet_dist.engine.preemption import Preempted, StopSignal
+from curvenet_dist.engine.progress import Progress
+from curvenet_dist.tracking.mlflow_tracker import build_tracker
+from curvenet_dist.tracking.plots import plot_loss_curves
+
+CURVE_STORE = "curves.zarr"
+
+
+class ProbeTrainer:
+    def __init__(self, config: Config, context: DistributedContext):
+        self.config, self.context = config, context
+        self.run_dir = Path(config.run.dir)
+        self.splits = build_splits(config.data, config.bias)
+        self.train_table = self.splits.train
+        check_images_exist(self.train_table, "train")
+        check_images_exist(self.splits.test, "test")
+        self.fingerprint = probe_fingerprint(config, self.train_table)
+        self.store_path = self.run_dir / CURVE_STORE
+        # Every rank checks, so a store from another run stops all of them with the same message.
+        CurveStore.check_belongs(self.store_path, self.fingerprint)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.fingerprint, config.run.keep_checkpoints)
+
+        device = context.device
+        self.model = build_model(config, self.splits.num_classes, device)
+        self.ddp_model = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                          if context.world_size > 1 else self.model)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+                                         weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
+        loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
+        self.train_loader = build_loader(config.data, self.train_table, train=True, **loader_arguments)
+        self.test_loader = build_loader(config.data, self.splits.test, train=False, **loader_arguments)
+        self.autocast = autocast_for(config, device)
+        self.stop = StopSignal(device)
+        self.progress = Progress(context.is_main, "probe", config.probe.epochs)
+
+    def _tags(self) -> dict[str, str]:
+        bias = self.config.bias
+        return {"dataset": self.config.data.source, "noise_type": bias.noise_type, "noise_rate": str(bias.noise_rate),
+                "imbalance_factor": str(bias.imbalance_factor), "world_size": str(self.context.world_size),
+                "method": "probe", "model": self.config.model.name}
+
+    def open_store(self) -> CurveStore | None:
+        """Rank 0 writes the run folder and the curve store; other ranks only compute."""
+        if not self.context.is_main:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.run_dir / "config.yaml")
+        return CurveStore.open_or_create(self.store_path, fingerprint=self.fingerprint, labels=self.train_table.labels,
+                                         true_labels=self.train_table.true_labels, num_epochs=self.config.probe.epochs)
+
+    def train_and_record_epoch(self, epoch: int, store: CurveStore | None, start_batch: int = 0,
+                               partial: dict | None = None, wall_s: float = 0.0) -> tuple[float, float]:
+        """One probe epoch; with probe.record, column `epoch` of the curve store. Returns (mean loss, last LR)."""
+        ids, losses, mean_loss, lr = self._train_epoch(epoch, start_batch, partial, wall_s)
+        if self.config.probe.record:
+            epoch_losses = losses_by_id(ids, losses, len(self.train_table))
+            if store is not None:
+                store.write_epoch(epoch, epoch_losses, lr)
+        return mean_loss, lr
+
+    def evaluate(self) -> dict:
+        predictions = predict(self.ddp_model, self.test_loader, self.context.device, len(self.splits.test), self.autocast)
+        return accuracy_report(predictions, self.splits.test.labels, self.train_table.class_counts())
+
+    def run(self) -> dict:
+        config, context = self.config, self.context
+        store = self.open_store()
+        start_epoch, start_batch, partial, wall_before = self._resume()
+        if store is not None:
+            store.discard_from(start_epoch)
+        barrier()
+        tracker = build_tracker(config, self.run_dir, "probe", self._tags(), context.is_main)
+        self.progress.say(f"{len(self.train_table)} training samples, {self.splits.num_classes} classes, "
+                          f"{context.world_size} rank(s), device {context.device}; run folder {self.run_dir}")
+        if start_epoch or start_batch:
+            self.progress.say(f"resuming at epoch {start_epoch + 1}, batch {start_batch}")
+        run_start = time.monotonic()
+        report: dict = {}
+        for epoch in range(start_epoch, config.probe.epochs):
+            epoch_start = time.monotonic()
+            resuming = epoch == start_epoch
+            mean_loss, lr = self.train_and_record_epoch(epoch, store, start_batch if resuming else 0,
+                                                        partial if resuming else None,
+                                                        wall_before + time.monotonic() - run_start)
+            report = self.evaluate()
+            epoch_s = time.monotonic() - epoch_start
+            metrics = {"train_loss": mean_loss, "lr": lr, "test_acc": report["test_acc"], "many_acc": report["many_acc"],
+                       "medium_acc": report["medium_acc"], "few_acc": report["few_acc"],
+                       "samples_per_s": len(self.train_table) / epoch_s, "epoch_s": epoch_s}
+            if context.is_main:
+                self._save(epoch + 1, 0, None, wall_before + time.monotonic() - run_start)
+            tracker.log_metrics(metrics, step=epoch)
+            self.progress.end_epoch(epoch, len(self.train_table), {k: metrics[k] for k in ("train_loss", "lr", "test_acc")})
+        wall_s = wall_before + time.monotonic() - run_start
+        report = report or self.evaluate()
+        result = {**report, "epochs": config.probe.epochs, "world_size": context.world_size, "wall_s": wall_s,
+                  "num_samples": len(self.train_table), "curve_store": str(self.store_path.resolve()),
+                  "mlflow_run_id": tracker.run_id}
+        if context.is_main:
+            self._finish(tracker, result)
+        barrier()
+        return result
+
+    def _train_epoch(self, epoch: int, start_batch: int, partial: dict | None, wall_s: float):
+        config, device = self.config, self.context.device
+        self.train_loader.set_epoch(epoch, start_batch)
+        batches = len(self.train_loader) + start_batch
+        record = config.probe.record
+        ids_seen = [partial["ids"].to(device)] if partial else []
+        losses_seen = [partial["losses"].to(device)] if partial else []
+        loss_sum = torch.zeros((), device=device)
+        samples = 0
+        self.progress.start_epoch(epoch, batches)
+        self.ddp_model.train()
+        lr = probe_lr(config.probe, config.optim.lr, epoch)
+        for batch, (images, labels, ids) in enumerate(self.train_loader, start=start_batch):
+            lr = probe_lr(config.probe, config.optim.lr, epoch + batch / batches)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with self.autocast():
+                logits = self.ddp_model(images)
+            if record:
+                per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
+                loss = per_sample.mean()
+                ids_seen.append(ids.to(device, non_blocking=True))
+                losses_seen.append(per_sample.detach())
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(labels)
+            samples += len(labels)
+            self.progress.step(batch, samples, None)
+            if self.stop.agreed(batch + 1):
+                self._preempt(epoch, batch + 1, ids_seen, losses_seen, wall_s)
+        if self.stop.agreed(0, force=True):
+            # Stop between epochs: the epoch is whole, so record it below on the next start instead.
+            self._preempt(epoch, batches, ids_seen, losses_seen, wall_s)
+        mean_loss = float(all_gather_concat(loss_sum.reshape(1)).sum() / max(1, samples * self.context.world_size))
+        empty = torch.zeros(0, device=device)
+        ids_out = torch.cat(ids_seen) if ids_seen else empty.long()
+        losses_out = torch.cat(losses_seen) if losses_seen else empty
+        return ids_out, losses_out, mean_loss, lr
+
+    def _preempt(self, epoch: int, batch: int, ids_seen: list, losses_seen: list, wall_s: float) -> None:
+        """Save the position inside the epoch, with every rank's recordings so far, then stop."""
+        ids = torch.cat(ids_seen) if ids_seen else torch.zeros(0, dtype=torch.long, device=self.context.device)
+        losses = torch.cat(losses_seen) if losses_seen else torch.zeros(0, device=self.context.device)
+        # Every rank is at the same batch, so the recordings have the same length and can be all-gathered.
+        partial = {"ids": all_gather_concat(ids).cpu(), "losses": all_gather_concat(losses).cpu(),
+                   "world_size": self.context.world_size}
+        if self.context.is_main:
+            path = self._save(epoch, batch, partial, wall_s)
+            self.progress.say(f"SIGTERM: saved {path}; the same command resumes at epoch {epoch + 1}, batch {batch}")
+        barrier()
+        raise Preempted()
+
+    def _save(self, epoch: int, batch: int, partial: dict | None, wall_s: float) -> Path:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "partial": partial,
+                 "world_size": self.context.world_size, "wall_s": wall_s}
+        return self.checkpointer.save(state, epoch, batch)
+
+    def _resume(self) -> tuple[int, int, dict | None, float]:
+        """(epoch, batch, this rank's partial recordings, wall seconds so far) from the newest checkpoint."""
+        state = self.checkpointer.load_latest(map_location=self.context.device)
+        if state is None:
+            return 0, 0, None, 0.0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        epoch, batch, partial = state["epoch"], state["batch"], state["partial"]
+        if partial is not None and partial["world_size"] != self.context.world_size:
+            # The epoch's sharding depends on the world size: replay the interrupted epoch from its start.
+            self.progress.say(f"world size changed ({partial['world_size']} -> {self.context.world_size}): "
+                              f"epoch {epoch + 1} restarts from its first batch")
+            return epoch, 0, None, state["wall_s"]
+        mine = None
+        if partial is not None:
+            share = len(partial["ids"]) // self.context.world_size
+            rows = slice(self.context.rank * share, (self.context.rank + 1) * share)
+            mine = {"ids": partial["ids"][rows], "losses": partial["losses"][rows]}
+        return epoch, batch, mine, state["wall_s"]
+
+    def _finish(self, tracker, result: dict) -> None:
+        write_json(self.run_dir / "metrics.json", result)
+        tracker.log_artifact(self.run_dir / "config.yaml")
+        tracker.log_artifact(self.run_dir / "metrics.json")
+        store = CurveStore.open(self.store_path, mode="r")
+        if self.config.probe.record and len(store.complete_epochs()) == store.num_epochs:
+            figure = plot_loss_curves(store.loss[:], store.labels, store.true_labels, self.run_dir / "loss_curves.png")
+            if figure is not None:
+                tracker.log_artifact(figure)
+        tracker.finish()
+        self.progress.say(f"done: test accuracy {result['test_acc']:.4f}; curve store {result['curve_store']}; "
+                          f"{tracker.ui_hint or 'MLflow tracking off'}")
