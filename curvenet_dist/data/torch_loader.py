@@ -82,8 +82,10 @@ class TorchLoader:
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start_batch)
-        # Augmentation randomness follows (seed, epoch, position) so a resumed epoch sees the same crops.
-        self.loader.generator = torch.Generator().manual_seed(hash((self.sampler.seed, epoch, start_batch)) % 2**63)
+        # Augmentation randomness follows (seed, epoch, rank, position): ranks draw different crops, and a
+        # resumed epoch sees the same ones.
+        key = (self.sampler.seed, epoch, self.sampler.rank, start_batch)
+        self.loader.generator = torch.Generator().manual_seed(hash(key) % 2**63)
 
     def __len__(self) -> int:
         return len(self.loader)
