@@ -2,7 +2,7 @@
 
 Layout: `loss` [N, T] float32 (NaN = not recorded), chunked along samples with one column per chunk column;
 `label` [N], `true_label` [N] (-1 unknown); `lr` [T]; `epoch_complete` [T] (1 once a column is whole). The
-group's attributes hold the fingerprint of the dataset and config that made it. A column is marked complete
+group's attributes hold the fingerprints of the config and of the dataset that made it. A column is marked complete
 only after it is fully written, so a crash never leaves a half epoch that looks whole.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ class CurveStore:
         self.loss = group["loss"]
 
     @classmethod
-    def open_or_create(cls, path: Path, *, fingerprint: str, labels: np.ndarray, true_labels: np.ndarray,
-                       num_epochs: int) -> "CurveStore":
+    def open_or_create(cls, path: Path, *, fingerprint: str, dataset_fingerprint: str, labels: np.ndarray,
+                       true_labels: np.ndarray, num_epochs: int) -> "CurveStore":
         """Open the store of this run, or create it; refuse a store made by another dataset or config."""
         path = Path(path)
         if path.exists():
@@ -40,7 +40,8 @@ class CurveStore:
         group.create_array("true_label", data=np.asarray(true_labels, np.int64), chunks=(min(num_samples, ROWS_PER_CHUNK),))
         group.create_array("lr", shape=(num_epochs,), dtype="float32", fill_value=np.nan)
         group.create_array("epoch_complete", shape=(num_epochs,), dtype="uint8", fill_value=0)
-        group.attrs.update({"fingerprint": fingerprint, "num_samples": num_samples, "num_epochs": num_epochs})
+        group.attrs.update({"fingerprint": fingerprint, "dataset_fingerprint": dataset_fingerprint,
+                            "num_samples": num_samples, "num_epochs": num_epochs})
         return cls(group, path)
 
     @classmethod
@@ -62,13 +63,19 @@ class CurveStore:
             missing = {"loss", "label", "true_label", "lr", "epoch_complete"} - set(group.array_keys())
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
             raise CurveStoreError(f"{path} is not a curve store: {error}") from None
-        if missing or "fingerprint" not in group.attrs:
-            raise CurveStoreError(f"{path} is not a curve store (missing {sorted(missing) or 'fingerprint'})")
+        missing |= {"fingerprint", "dataset_fingerprint"} - set(group.attrs)
+        if missing:
+            raise CurveStoreError(f"{path} is not a curve store of this version (missing {', '.join(sorted(missing))})")
         return cls(group, path)
 
     @property
     def fingerprint(self) -> str:
         return str(self.group.attrs["fingerprint"])
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        """The training samples' fingerprint (SampleTable.fingerprint) the curves were recorded on."""
+        return str(self.group.attrs["dataset_fingerprint"])
 
     @property
     def num_samples(self) -> int:

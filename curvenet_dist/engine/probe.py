@@ -68,7 +68,8 @@ class ProbeTrainer:
             return None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.save(self.run_dir / "config.yaml")
-        return CurveStore.open_or_create(self.store_path, fingerprint=self.fingerprint, labels=self.train_table.labels,
+        return CurveStore.open_or_create(self.store_path, fingerprint=self.fingerprint,
+                                         dataset_fingerprint=self.train_table.fingerprint(), labels=self.train_table.labels,
                                          true_labels=self.train_table.true_labels, num_epochs=self.config.probe.epochs)
 
     def train_and_record_epoch(self, epoch: int, store: CurveStore | None, start_batch: int = 0,

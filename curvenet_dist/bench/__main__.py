@@ -1,0 +1,25 @@
+"""`python -m curvenet_dist.bench NAME [options]`: run one benchmark; its figures are the JSON on the last line."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+BENCHMARKS = {
+    "curve_overhead": "probe epoch time with and without loss recording",
+    "slmo": "plain CE step vs allocate iteration for every skip_layers",
+    "loaders": "DALI vs torch DataLoader images/s at 224x224 training transforms",
+}
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in BENCHMARKS:
+        lines = "\n".join(f"  {name:15s} {what}" for name, what in BENCHMARKS.items())
+        sys.exit(f"usage: python -m curvenet_dist.bench NAME [options]\nbenchmarks:\n{lines}")
+    module = importlib.import_module(f"curvenet_dist.bench.{argv[0]}")
+    figures = module.main(argv[1:])
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

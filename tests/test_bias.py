@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from curvenet_dist.config import BiasConfig
+from curvenet_dist.data.bias import apply_bias, corrupt_labels, long_tail_counts
+from curvenet_dist.data.sample_table import DataError, SampleTable
+
+
+def balanced_table(per_class: int, num_classes: int) -> SampleTable:
+    labels = np.repeat(np.arange(num_classes), per_class)
+    return SampleTable(None, [f"{i}.png" for i in range(len(labels))], labels, labels, num_classes)
+
+
+def test_long_tail_follows_the_exponential_profile():
+    counts = long_tail_counts(np.full(10, 500), imbalance_factor=100)
+    assert counts[0] == 500 and counts[-1] == 5
+    expected = np.round(500 * (1 / 100) ** (np.arange(10) / 9))
+    np.testing.assert_array_equal(counts, expected)
+
+
+@pytest.mark.parametrize("noise_type", ["flip", "flip2", "uniform"])
+def test_noise_rate_is_exact_per_class(noise_type):
+    rng = np.random.default_rng(0)
+    true = np.repeat(np.arange(10), 200)
+    given = corrupt_labels(true, 10, noise_type, 0.4, rng)
+    for c in range(10):
+        changed = given[true == c] != c
+        if noise_type == "uniform":
+            # Uniform noise may redraw the true class: 40% are redrawn, ~36% end up wrong.
+            assert 0.3 < changed.mean() <= 0.4
+        else:
+            assert changed.mean() == pytest.approx(0.4)
+            targets = np.unique(given[(true == c) & (given != c)])
+            assert len(targets) == (1 if noise_type == "flip" else 2)
+
+
+def test_apply_bias_carves_clean_meta_then_tail_then_noise():
+    table = balanced_table(100, 10)
+    config = BiasConfig(meta_per_class=10, imbalance_factor=10, noise_type="flip2", noise_rate=0.2, seed=3)
+    biased = apply_bias(table, config)
+    assert np.bincount(biased.carved_meta.labels, minlength=10).tolist() == [10] * 10
+    assert (biased.carved_meta.labels == biased.carved_meta.true_labels).all()
+    np.testing.assert_array_equal(np.bincount(biased.train.true_labels), long_tail_counts(np.full(10, 90), 10))
+    assert set(biased.carved_meta.paths).isdisjoint(biased.train.paths)
+    noisy = biased.train.labels != biased.train.true_labels
+    assert noisy.mean() == pytest.approx(0.2, abs=0.02)
+    again = apply_bias(table, config)
+    assert again.train.paths == biased.train.paths and (again.train.labels == biased.train.labels).all()
+
+
+def test_a_class_too_small_for_the_meta_set_is_named():
+    with pytest.raises(DataError, match="class 0 has 5 training samples"):
+        apply_bias(balanced_table(5, 3), BiasConfig(meta_per_class=10))

@@ -1,0 +1,42 @@
+import pytest
+import yaml
+
+from curvenet_dist.config import ConfigError, load_config
+from tests.conftest import QUICKSTART
+
+
+def test_yaml_then_overrides_are_typed_and_applied_in_order():
+    config = load_config(QUICKSTART, ["data.batch_size=7", "allocate.milestones=[3,5]", "optim.lr=1", "slmo.skip_layers=0"])
+    assert config.data.batch_size == 7
+    assert config.allocate.milestones == [3, 5]
+    assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
+    assert config.data.source == "digits"  # from the YAML
+    assert config.slmo.skip_layers == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.bogus=1", "unknown key 'data.bogus'"),
+    ("data.loader=spark", "data.loader='spark' is not allowed; choose one of: torch, dali"),
+    ("data.batch_size=many", "data.batch_size='many' must be an integer"),
+    ("bias.noise_rate=1.5", "bias.noise_rate=1.5 must be in [0, 1)"),
+    ("method=focal", "method='focal' is not allowed; choose one of: curvenet, mwnet, ce"),
+    ("data=3", "data is a section"),
+    ("no_equals_sign", "must look like key.sub=value"),
+])
+def test_bad_keys_and_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=".*" + message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_config(QUICKSTART, [override])
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("model:\n  depht: 20\n")
+    with pytest.raises(ConfigError, match=f"{path}: unknown key 'model.depht'"):
+        load_config(path)
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(QUICKSTART, ["probe.epochs=7"])
+    config.save(tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["probe"]["epochs"] == 7
+    assert load_config(tmp_path / "config.yaml") == config

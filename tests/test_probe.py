@@ -1,0 +1,154 @@
+"""The probe stage end to end, through real torchrun processes with gloo."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from curvenet_dist.config import load_config
+from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.data.datasets import build_splits
+from tests.conftest import QUICKSTART, REPO, TINY, assert_clean_error, torchrun
+
+pytestmark = pytest.mark.slow
+
+
+def probe(run_dir, nproc=1, extra=(), **kwargs):
+    return torchrun("probe.py", nproc, ["--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY, *extra], **kwargs)
+
+
+def assert_complete_store(run_dir, epochs):
+    store = CurveStore.open(run_dir / "curves.zarr", mode="r")
+    num_samples = len(build_splits(load_config(QUICKSTART).data, load_config(QUICKSTART).bias).train)
+    loss = store.loss[:]
+    assert loss.shape == (num_samples, epochs)
+    assert np.isfinite(loss).all(), "every sample has one finite loss per epoch"
+    assert store.complete_epochs().tolist() == list(range(epochs))
+    return store
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_every_sample_gets_one_finite_loss_per_epoch(tmp_path, nproc):
+    result = probe(tmp_path / "run", nproc)
+    store = assert_complete_store(tmp_path / "run", 3)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == nproc and metrics["epochs"] == 3 and 0 <= metrics["test_acc"] <= 1
+    assert {"many_acc", "medium_acc", "few_acc", "wall_s"} <= metrics.keys()
+    assert (store.true_labels != store.labels).mean() == pytest.approx(0.4, abs=0.05)
+    assert "curves.zarr" in result.stdout and "epoch 3/3" in result.stdout
+    # Rank 0 alone prints progress.
+    assert result.stdout.count("epoch 1/3") == 1
+
+
+def test_curves_do_not_depend_on_the_world_size_in_shape_or_coverage(tmp_path):
+    probe(tmp_path / "one", 1)
+    probe(tmp_path / "two", 2)
+    one = CurveStore.open(tmp_path / "one" / "curves.zarr", mode="r")
+    two = CurveStore.open(tmp_path / "two" / "curves.zarr", mode="r")
+    assert one.fingerprint == two.fingerprint and one.loss.shape == two.loss.shape
+
+
+def wait_for(predicate, timeout=300, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def start_probe(run_dir, nproc, extra=()):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(REPO / "launch" / "probe.py"), "--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY, *extra]
+    return subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_run_resumes_with_every_epoch_exactly_once(tmp_path, mlflow_server):
+    run_dir = tmp_path / "run"
+    extra = ["probe.epochs=5", "tracking.enabled=true", f"tracking.uri={mlflow_server}", "tracking.experiment=resume"]
+    process = start_probe(run_dir, 2, extra)
+    wait_for(lambda: list((run_dir / "checkpoints").glob("step-00002-*.pt")), what="the epoch-2 checkpoint")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "metrics.json").exists()
+    result = probe(run_dir, 2, extra)
+    assert "resuming at epoch" in result.stdout
+    store = assert_complete_store(run_dir, 5)
+    assert np.isfinite(store.group["lr"][:]).all()
+    client = MlflowClient(mlflow_server)
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    steps = [metric.step for metric in client.get_metric_history(run_id, "test_acc")]
+    assert sorted(steps) == list(range(5)), "each epoch logged exactly once across the crash"
+
+
+def test_sigterm_saves_mid_epoch_and_the_same_command_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    # Batches of 8 give many steps per epoch, so the signal lands inside an epoch.
+    extra = ["probe.epochs=2", "data.batch_size=8"]
+    process = start_probe(run_dir, 2, extra)
+    wait_for(lambda: (run_dir / "curves.zarr").exists(), what="training to start")
+    time.sleep(2)
+    os.killpg(process.pid, signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert "SIGTERM: saved" in output, output
+    result = probe(run_dir, 2, extra)
+    assert "resuming at epoch" in result.stdout
+    assert_complete_store(run_dir, 2)
+
+
+def test_mlflow_server_holds_params_metrics_and_artifacts(tmp_path, mlflow_server):
+    run_dir = tmp_path / "run"
+    probe(run_dir, 2, ["tracking.enabled=true", f"tracking.uri={mlflow_server}", "tracking.experiment=probe-test"])
+    client = MlflowClient(mlflow_server)
+    run = client.get_run((run_dir / "mlflow_run_id").read_text().strip())
+    assert run.data.params["probe.epochs"] == "3" and run.data.params["bias.noise_type"] == "flip2"
+    assert run.data.tags["stage"] == "probe" and run.data.tags["world_size"] == "2"
+    assert {"train_loss", "test_acc", "lr", "many_acc", "few_acc", "samples_per_s"} <= run.data.metrics.keys()
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.json", "loss_curves.png"} <= artifacts
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["data.bogus=1"], "unknown key 'data.bogus'"),
+    (["data.source=prepared", "data.path=/nonexistent/ds"], "/nonexistent/ds/classes.txt: missing"),
+    (["data.source=fashion_mnist", "data.path=/nonexistent/fm"], "Install them with `sudo apt-get install dataset-fashion-mnist`"),
+])
+def test_bad_input_stops_with_one_clear_message(tmp_path, extra, message):
+    assert_clean_error(probe(tmp_path / "run", 1, extra, check=False), message)
+
+
+def test_world_size_the_data_cannot_be_sharded_over(tmp_path):
+    dataset = tmp_path / "tiny"
+    dataset.mkdir()
+    (dataset / "classes.txt").write_text("a\nb\n")
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(dataset / "x.png")
+    (dataset / "train.csv").write_text("path,label,true_label\nx.png,0,0\n")
+    (dataset / "test.csv").write_text("path,label,true_label\nx.png,0,0\n")
+    result = probe(tmp_path / "run", 2, ["data.source=prepared", f"data.path={dataset}", "bias.meta_per_class=0",
+                                         "bias.imbalance_factor=1", "bias.noise_type=none"], check=False)
+    assert_clean_error(result, "fewer than the world size 2")
+
+
+def test_missing_image_and_foreign_store_are_named(tmp_path):
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    (dataset / "classes.txt").write_text("a\nb\n")
+    (dataset / "train.csv").write_text("path,label,true_label\nmissing.png,1,1\n")
+    result = probe(tmp_path / "run", 1, ["data.source=prepared", f"data.path={dataset}", "bias.meta_per_class=0"], check=False)
+    assert_clean_error(result, "train sample 0: image")
+    assert "missing.png is missing or unreadable" in result.stderr
+
+    probe(tmp_path / "run2", 1, ["probe.epochs=1"])
+    result = probe(tmp_path / "run2", 1, ["probe.epochs=2"], check=False)
+    assert_clean_error(result, "recorded for another dataset or config")
+    store = CurveStore.open(tmp_path / "run2" / "curves.zarr", mode="r")
+    assert store.complete_epochs().tolist() == [0], "nothing already recorded is lost"
