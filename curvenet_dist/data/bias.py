@@ -15,6 +15,8 @@ from curvenet_dist.data.sample_table import DataError, SampleTable
 
 def carve_meta(labels: np.ndarray, num_classes: int, per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a clean, balanced meta set (`per_class` of each class) and the remaining rows."""
+    if per_class == 0:
+        return np.zeros(0, np.int64), np.arange(len(labels))
     meta_rows = []
     for c in range(num_classes):
         rows = np.flatnonzero(labels == c)
@@ -24,7 +26,7 @@ def carve_meta(labels: np.ndarray, num_classes: int, per_class: int, rng: np.ran
                 f"(bias.meta_per_class) and keep any for training"
             )
         meta_rows.append(rng.choice(rows, per_class, replace=False))
-    meta = np.sort(np.concatenate(meta_rows)) if meta_rows else np.zeros(0, np.int64)
+    meta = np.sort(np.concatenate(meta_rows))
     return meta, np.setdiff1d(np.arange(len(labels)), meta)
 
 

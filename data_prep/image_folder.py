@@ -1,0 +1,242 @@
+"""Labelled image lists to a prepared dataset: the generic image folder, and the assembly every preparer shares.
+
+A list file holds one `<relative path> <label>` line per image (whitespace- or comma-separated, `#`
+comments allowed). `prepare_image_folder` turns a folder of images and such lists (train, and optionally
+meta, val, test) into a PreparedDataset. The Clothing1M and Food-101N preparers read their official
+layouts into the same `ListedImage` lists and finish through `write_prepared_dataset`, which drops
+repeated paths, finds listed images that do not exist, and writes the dataset with its quarantine list
+and its quirks report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from curvenet_dist.data.sample_table import SPLITS, UNKNOWN, DataError, PreparedDataset, SampleTable
+from data_prep.image_check import QuarantinedImage, clear_progress, write_quarantine
+
+QUIRKS_FILE = "quirks.txt"
+MISSING_EXAMPLES = 5
+"""How many missing images an error message names before it only counts the rest."""
+
+_LIST_LINE = re.compile(r"(?P<path>.*?\S)\s*(?:,|\s)\s*(?P<label>[-+]?\d+)")
+_COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+@dataclass(frozen=True)
+class ListedImage:
+    """One image as a list file gives it: path relative to the image root, labels, and where it was listed."""
+
+    path: str
+    label: int
+    true_label: int
+    source: str
+    """'file:line', for messages."""
+
+
+@dataclass
+class Quirks:
+    """Oddities of the input that preparation handled, by kind, each instance described on one line."""
+
+    by_kind: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, detail: str) -> None:
+        self.by_kind.setdefault(kind, []).append(detail)
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(details) for kind, details in self.by_kind.items()}
+
+    def write(self, path: Path) -> None:
+        lines = ["# Quirks of the input found while preparing this dataset: each kind, its count, every instance."]
+        if not self.by_kind:
+            lines.append("none")
+        for kind, details in self.by_kind.items():
+            lines.append(f"{kind}: {len(details)}")
+            lines.extend(f"  {detail}" for detail in details)
+        path.write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class PreparationResult:
+    """The written dataset, the samples quarantined while writing it, and the quirks of its input."""
+
+    dataset: PreparedDataset
+    quarantined: list[QuarantinedImage]
+    quirks: Quirks
+
+
+def check_label(label: int, num_classes: int | None, source: str) -> None:
+    """Labels are in [0, num_classes), or without a class list, at least 0."""
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise DataError(f"{source}: label {label} is outside [0, {num_classes if num_classes is not None else 'inf'})")
+
+
+def relative_image_path(text: str, source: str) -> str:
+    """A list entry's path, normalised; an absolute path or one leaving the image root is an error."""
+    path = PurePosixPath(text.strip())
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"{source}: image path {text!r} must be relative to the image folder, without '..'")
+    return str(path)
+
+
+def numbered_lines(list_file: Path) -> list[tuple[int, str]]:
+    """(line number, text) for every line of `list_file` that is not blank or a `#` comment."""
+    if not list_file.is_file():
+        raise DataError(f"{list_file}: list file not found")
+    lines = []
+    for line_number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        text = _COMMENT.sub("", line).strip()
+        if text:
+            lines.append((line_number, text))
+    return lines
+
+
+def read_label_list(list_file: Path, num_classes: int | None) -> list[ListedImage]:
+    """The entries of a `<relative path> <label>` list; with `num_classes`, labels must be in [0, num_classes)."""
+    entries = []
+    for line_number, text in numbered_lines(list_file):
+        source = f"{list_file}:{line_number}"
+        match = _LIST_LINE.fullmatch(text)
+        if match is None:
+            raise DataError(f"{source}: expected '<relative path> <integer label>', found {text!r}")
+        label = int(match["label"])
+        check_label(label, num_classes, source)
+        entries.append(ListedImage(relative_image_path(match["path"], source), label, UNKNOWN, source))
+    return entries
+
+
+def _existing_paths(image_root: Path, paths: set[str]) -> set[str]:
+    """The subset of `paths` that are files under `image_root`, listing each folder once instead of a stat per file."""
+    by_folder: dict[str, set[str]] = defaultdict(set)
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        by_folder[folder].add(name)
+    existing = set()
+    for folder, names in by_folder.items():
+        try:
+            with os.scandir(image_root / folder) as entries:
+                files = {entry.name for entry in entries if entry.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        existing.update(f"{folder}/{name}" if folder else name for name in names & files)
+    return existing
+
+
+def classes_without_meta(dataset: PreparedDataset) -> list[str]:
+    """Classes with no meta sample: the allocate stage's class-balanced meta batches need every class."""
+    if "meta" not in dataset.splits:
+        return []
+    counts = dataset.splits["meta"].class_counts()
+    return [name for name, count in zip(dataset.class_names, counts, strict=True) if count == 0]
+
+
+def write_prepared_dataset(
+    out: Path,
+    class_names: list[str],
+    image_root: Path,
+    splits: dict[str, list[ListedImage]],
+    quirks: Quirks,
+    skip_missing: bool = False,
+) -> PreparationResult:
+    """Write the listed splits (in SPLITS order) to `out` with `quarantine.csv` and `quirks.txt`.
+
+    A path listed twice in one split keeps its first entry (a quirk). Listed images that do not exist are an
+    error naming their list lines, or with `skip_missing` are quarantined.
+    """
+    out = Path(out)
+    missing_examples: list[str] = []
+    quarantined: list[QuarantinedImage] = []
+    tables: dict[str, SampleTable] = {}
+    for split in [split for split in SPLITS if split in splits]:
+        first_seen: dict[str, ListedImage] = {}
+        for entry in splits[split]:
+            if entry.path in first_seen:
+                earlier = first_seen[entry.path]
+                detail = f"{entry.source}: {entry.path} (label {entry.label})"
+                quirks.add(
+                    f"path listed twice in the {split} split (first entry kept)",
+                    f"{detail}, first at {earlier.source} (label {earlier.label})",
+                )
+            else:
+                first_seen[entry.path] = entry
+        existing = _existing_paths(image_root, set(first_seen))
+        kept = []
+        for entry in first_seen.values():
+            if entry.path in existing:
+                kept.append(entry)
+                continue
+            missing_examples.append(f"{entry.source}: {entry.path}")
+            quarantined.append(
+                QuarantinedImage(split, entry.path, f"missing: no image file (listed at {entry.source})")
+            )
+        tables[split] = SampleTable(
+            image_root,
+            [entry.path for entry in kept],
+            np.array([entry.label for entry in kept], dtype=np.int64),
+            np.array([entry.true_label for entry in kept], dtype=np.int64),
+            len(class_names),
+            origin=f"{out / split}.csv",
+        )
+    if missing_examples and not skip_missing:
+        shown = "\n  ".join(missing_examples[:MISSING_EXAMPLES])
+        more = len(missing_examples) - MISSING_EXAMPLES
+        raise DataError(
+            f"{len(missing_examples)} listed images do not exist under {image_root}:\n  {shown}"
+            + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\n(pass --skip-missing to quarantine them and go on)"
+        )
+    if "train" not in tables or len(tables["train"]) == 0:
+        raise DataError(f"{out}: no training samples to write")
+    dataset = PreparedDataset(out, class_names, tables)
+    dataset.write()
+    write_quarantine(out, quarantined)
+    clear_progress(out)
+    quirks.write(out / QUIRKS_FILE)
+    return PreparationResult(dataset, quarantined, quirks)
+
+
+def read_class_names(classes_file: Path) -> list[str]:
+    if not classes_file.is_file():
+        raise DataError(f"{classes_file}: class list not found")
+    names = [text for _, text in numbered_lines(classes_file)]
+    if not names:
+        raise DataError(f"{classes_file}: no class names")
+    return names
+
+
+def prepare_image_folder(
+    images: Path,
+    out: Path,
+    train_list: Path,
+    meta_list: Path | None = None,
+    val_list: Path | None = None,
+    test_list: Path | None = None,
+    classes_file: Path | None = None,
+    skip_missing: bool = False,
+) -> PreparationResult:
+    """A prepared dataset from a folder of images and list files of `<relative path> <label>` lines.
+
+    Without `classes_file` (one class name a line), the classes are 0..max label, named by their number.
+    """
+    class_names = read_class_names(classes_file) if classes_file is not None else None
+    num_classes = len(class_names) if class_names is not None else None
+    lists = {"train": train_list, "meta": meta_list, "val": val_list, "test": test_list}
+    splits = {
+        split: read_label_list(Path(list_file), num_classes)
+        for split, list_file in lists.items()
+        if list_file is not None
+    }
+    if class_names is None:
+        highest = max((entry.label for entries in splits.values() for entry in entries), default=-1)
+        class_names = [str(label) for label in range(highest + 1)]
+    # The lists of a clean split are its true labels too.
+    for split in ("meta", "val", "test"):
+        if split in splits:
+            splits[split] = [ListedImage(e.path, e.label, e.label, e.source) for e in splits[split]]
+    return write_prepared_dataset(out, class_names, Path(images), splits, Quirks(), skip_missing)
