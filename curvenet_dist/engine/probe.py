@@ -78,6 +78,8 @@ class ProbeTrainer:
         ids, losses, mean_loss, lr = self._train_epoch(epoch, start_batch, partial, wall_s)
         if self.config.probe.record:
             epoch_losses = losses_by_id(ids, losses, len(self.train_table))
+            # Includes the part of the epoch trained before a pre-emption, which the running sum does not.
+            mean_loss = float(epoch_losses.mean())
             if store is not None:
                 store.write_epoch(epoch, epoch_losses, lr)
         return mean_loss, lr
