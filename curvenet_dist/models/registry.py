@@ -6,9 +6,11 @@ from collections.abc import Callable
 from curvenet_dist.config import ConfigError, ModelConfig
 from curvenet_dist.models.cifar_resnet import cifar_resnet
 from curvenet_dist.models.staged import StagedNet
+from curvenet_dist.models.timm_resnet import timm_resnet
 
 BACKBONES: dict[str, Callable[[ModelConfig, int], StagedNet]] = {
     "cifar_resnet": lambda config, num_classes: cifar_resnet(config.depth, num_classes, config.width),
+    "resnet50": lambda config, num_classes: timm_resnet("resnet50", num_classes, config.weights),
 }
 
 
