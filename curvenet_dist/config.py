@@ -249,9 +249,10 @@ class MetaConfig:
 
 @dataclass
 class SLMOConfig:
-    skip_layers: int = 2
+    skip_layers: int = 3
     """Keep the stem and the first k stages out of the virtual step (0: full meta step). Checked against the
-    backbone's stage count."""
+    backbone's stage count. 3 leaves a CIFAR ResNet's last stage out too (only the head is virtually updated),
+    the paper's SL=3; see docs/BENCHMARKS.md for the cost of each value."""
 
     def validate(self) -> None:
         _positive("slmo.skip_layers", self.skip_layers, allow_zero=True)

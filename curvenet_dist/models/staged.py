@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from curvenet_dist.config import ConfigError
+
 
 class StagedNet(nn.Module):
     """A classifier as an ordered list of parts: parts[0] is the stem, parts[-1] the head (pool + fc)."""
@@ -23,7 +25,7 @@ class StagedNet(nn.Module):
     def bottom_part_count(self, skip_layers: int) -> int:
         """How many leading parts SLMO keeps out of the virtual step for `skip_layers`."""
         if not 0 <= skip_layers <= self.num_stages:
-            raise ValueError(
+            raise ConfigError(
                 f"slmo.skip_layers={skip_layers} is outside [0, {self.num_stages}] for this backbone "
                 f"({self.num_stages} stages)"
             )

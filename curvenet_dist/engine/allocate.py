@@ -1,0 +1,297 @@
+"""The allocate stage: retrain the classifier with per-sample weights from CurveNet, Meta-Weight-Net or none (CE),
+the weighting net meta-learned on a clean meta set (DESIGN.md §5)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curvenet_dist.config import Config, ConfigError
+from curvenet_dist.curves.features import class_normalized_curves
+from curvenet_dist.curves.gather import losses_by_id
+from curvenet_dist.curves.store import CurveStore, CurveStoreError
+from curvenet_dist.data.datasets import build_splits
+from curvenet_dist.data.loader import build_loader
+from curvenet_dist.engine.checkpoint import Checkpointer
+from curvenet_dist.engine.components import autocast_for, build_model, check_images_exist, fingerprint, write_json
+from curvenet_dist.engine.distributed import DistributedContext, barrier, broadcast_model
+from curvenet_dist.engine.evaluate import accuracy_report, predict
+from curvenet_dist.engine.lr_schedule import step_lr
+from curvenet_dist.engine.preemption import Preempted, StopSignal
+from curvenet_dist.engine.probe import CURVE_STORE
+from curvenet_dist.engine.progress import Progress
+from curvenet_dist.meta.meta_iteration import MetaIteration
+from curvenet_dist.meta.meta_set import select_meta_set
+from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
+from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
+from curvenet_dist.tracking.report import write_allocate_report
+
+
+class MetaBatches:
+    """An endless stream of meta batches: the meta loader, reshuffled each time it runs out."""
+
+    def __init__(self, loader):
+        self.loader, self.epoch, self.iterator = loader, 0, None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while True:
+            if self.iterator is None:
+                self.loader.set_epoch(self.epoch)
+                self.epoch += 1
+                self.iterator = iter(self.loader)
+            try:
+                images, labels, _ = next(self.iterator)
+                return images, labels
+            except StopIteration:
+                self.iterator = None
+
+
+class AllocateTrainer:
+    def __init__(self, config: Config, context: DistributedContext):
+        self.config, self.context = config, context
+        if not config.probe.dir:
+            raise ConfigError("probe.dir must name the probe run folder whose curve store this stage reads")
+        self.run_dir = Path(config.run.dir)
+        self.probe_dir = Path(config.probe.dir)
+        self.splits = build_splits(config.data, config.bias)
+        train = self.splits.train
+        check_images_exist(train, "train")
+        check_images_exist(self.splits.test, "test")
+        store = CurveStore.open(self.probe_dir / CURVE_STORE, mode="r")
+        if store.dataset_fingerprint != train.fingerprint():
+            raise CurveStoreError(
+                f"{store.path} was recorded on another dataset ({store.num_samples} samples, fingerprint "
+                f"{store.dataset_fingerprint}) than this config's training set ({len(train)} samples, fingerprint "
+                f"{train.fingerprint()}); use the same data and bias settings as the probe run"
+            )
+        self.store = store
+        self.meta_table = select_meta_set(config.meta, self.splits, store)
+        check_images_exist(self.meta_table, "meta")
+        device = context.device
+        self.method = config.method
+        self.curves = None
+        if self.method == "curvenet":
+            features = class_normalized_curves(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
+            self.curves = torch.from_numpy(features).to(device)
+
+        self.model = build_model(config, self.splits.num_classes, device)
+        self.skip_layers = config.slmo.skip_layers
+        self.model.bottom_part_count(self.skip_layers)  # a clear error if skip_layers exceeds the backbone's depth
+        self.weighting_net = self._build_weighting_net().to(device) if self.method != "ce" else None
+        broadcast_model(self.model)
+        if self.weighting_net is not None:
+            broadcast_model(self.weighting_net)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
+                                         weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
+        self.weighting_optimizer = (torch.optim.Adam(self.weighting_net.parameters(), lr=config.meta.lr,
+                                                     weight_decay=config.meta.weight_decay)
+                                    if self.weighting_net is not None else None)
+        self.iteration = MetaIteration(self.model, self.weighting_net, self.optimizer, self.weighting_optimizer,
+                                       self.skip_layers, config.meta.sync)
+
+        loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
+        self.train_loader = build_loader(config.data, train, train=True, **loader_arguments)
+        self.test_loader = build_loader(config.data, self.splits.test, train=False, **loader_arguments)
+        meta_data = dataclasses.replace(config.data, batch_size=config.meta.batch_size)
+        self.meta_batches = MetaBatches(build_loader(meta_data, self.meta_table, train=True, **loader_arguments))
+        self.autocast = autocast_for(config, device)
+
+        self.fingerprint = fingerprint(store.fingerprint, config.method, vars(config.allocate), vars(config.curvenet),
+                                       vars(config.meta), config.slmo.skip_layers, vars(config.optim), config.run.seed)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.fingerprint, config.run.keep_checkpoints)
+        self.stop = StopSignal(device)
+        self.progress = Progress(context.is_main, f"allocate {self.method}", config.allocate.epochs)
+
+    def _build_weighting_net(self) -> torch.nn.Module:
+        torch.manual_seed(self.config.run.seed)
+        if self.method == "mwnet":
+            return MetaWeightNet(self.config.curvenet.mwnet_hidden)
+        settings = self.config.curvenet
+        return CurveNet(self.curves.shape[1], self.splits.num_classes, settings.embedding_dim,
+                        tuple(settings.curve_hidden), tuple(settings.head_hidden))
+
+    def _tags(self) -> dict[str, str]:
+        bias = self.config.bias
+        tags = {"dataset": self.config.data.source, "noise_type": bias.noise_type, "noise_rate": str(bias.noise_rate),
+                "imbalance_factor": str(bias.imbalance_factor), "world_size": str(self.context.world_size),
+                "method": self.method, "skip_layers": str(self.skip_layers), "meta_sync": self.config.meta.sync,
+                "model": self.config.model.name, "probe_dir": str(self.probe_dir.resolve())}
+        probe_run_id = self.probe_dir / RUN_ID_FILE
+        if probe_run_id.is_file():
+            tags["probe_run_id"] = probe_run_id.read_text().strip()
+        return tags
+
+    def weighting_frozen(self, epoch: int) -> bool:
+        """CurveNet is frozen after the classifier's first LR decay (the paper's Training Method)."""
+        milestones = self.config.allocate.milestones
+        return bool(milestones) and epoch >= milestones[0]
+
+    def run(self) -> dict:
+        config, context = self.config, self.context
+        if context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(self.run_dir / "config.yaml")
+        start_epoch, start_batch, wall_before = self._resume()
+        barrier()
+        tracker = build_tracker(config, self.run_dir, "allocate", self._tags(), context.is_main)
+        self.progress.say(f"method {self.method}, {len(self.splits.train)} training samples, meta set "
+                          f"{len(self.meta_table)} ({config.meta.source}), skip_layers {self.skip_layers}, "
+                          f"meta.sync {config.meta.sync}, {context.world_size} rank(s)")
+        if start_epoch or start_batch:
+            self.progress.say(f"resuming at epoch {start_epoch + 1}, batch {start_batch}")
+        run_start = time.monotonic()
+        report: dict = {}
+        for epoch in range(start_epoch, config.allocate.epochs):
+            epoch_start = time.monotonic()
+            train_metrics = self._train_epoch(epoch, start_batch if epoch == start_epoch else 0,
+                                              wall_before + time.monotonic() - run_start)
+            report = self._evaluate()
+            epoch_s = time.monotonic() - epoch_start
+            metrics = {**train_metrics, "test_acc": report["test_acc"], "many_acc": report["many_acc"],
+                       "medium_acc": report["medium_acc"], "few_acc": report["few_acc"],
+                       "samples_per_s": len(self.splits.train) / epoch_s, "epoch_s": epoch_s}
+            if context.is_main:
+                self.checkpointer.save(self._state(wall_before + time.monotonic() - run_start), epoch + 1)
+            tracker.log_metrics(metrics, step=epoch)
+            self.progress.end_epoch(epoch, len(self.splits.train),
+                                    {k: metrics[k] for k in ("train_loss", "mean_weight", "lr", "test_acc")})
+        report = report or self._evaluate()
+        weights = self.final_weights()
+        wall_s = wall_before + time.monotonic() - run_start
+        result = {**report, "method": self.method, "skip_layers": self.skip_layers, "meta_sync": config.meta.sync,
+                  "epochs": config.allocate.epochs, "world_size": context.world_size, "wall_s": wall_s,
+                  "num_samples": len(self.splits.train), "mlflow_run_id": tracker.run_id}
+        if context.is_main:
+            train_predictions = self._predict_train()
+            result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions,
+                                                self._test_predictions, self.method))
+            write_json(self.run_dir / "metrics.json", result)
+            for name in ("config.yaml", "metrics.json", "weights.npy", "suspects.csv", "weights_by_class.png",
+                         "confusion_matrix.png"):
+                if (self.run_dir / name).exists():
+                    tracker.log_artifact(self.run_dir / name)
+            tracker.log_metrics({k: v for k, v in result.items() if k in ("noise_auroc", "noise_ap", "wall_s")},
+                                step=config.allocate.epochs)
+            tracker.finish()
+            auroc = f", weights' noise AUROC {result['noise_auroc']:.3f}" if "noise_auroc" in result else ""
+            self.progress.say(f"done: test accuracy {result['test_acc']:.4f}{auroc}; run folder {self.run_dir}; "
+                              f"{tracker.ui_hint or 'MLflow tracking off'}")
+        else:
+            self._predict_train()
+        barrier()
+        return result
+
+    def _train_epoch(self, epoch: int, start_batch: int, wall_s: float) -> dict:
+        config, device = self.config, self.context.device
+        lr = step_lr(config.allocate, config.optim.lr, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        frozen = self.weighting_frozen(epoch)
+        fixed_weights = None
+        if self.weighting_net is not None and frozen:
+            self.weighting_net.requires_grad_(False)
+            if self.method == "curvenet":
+                # A frozen CurveNet's weight depends only on the curve and label: compute all of them once.
+                fixed_weights = self.curvenet_weights()
+        self.train_loader.set_epoch(epoch, start_batch)
+        self.progress.start_epoch(epoch, len(self.train_loader) + start_batch)
+        loss_sum = torch.zeros((), device=device)
+        weight_sum = torch.zeros((), device=device)
+        meta_losses: list[float] = []
+        samples = 0
+        self.model.train()
+        for batch, (images, labels, ids) in enumerate(self.train_loader, start=start_batch):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            curves = self.curves[ids.to(device)] if self.curves is not None else None
+            update = not frozen and batch % config.meta.interval == 0
+            meta_images = meta_labels = None
+            if update and self.weighting_net is not None:
+                meta_images, meta_labels = (t.to(device, non_blocking=True) for t in self.meta_batches.next())
+            with self.autocast():
+                result = self.iteration.step(images, labels, curves, meta_images, meta_labels, update_weighting=update,
+                                             fixed_weights=None if fixed_weights is None else fixed_weights[ids.to(device)])
+            loss_sum += result.losses.sum()
+            weight_sum += result.weights.sum()
+            if result.meta_loss is not None:
+                meta_losses.append(result.meta_loss)
+            samples += len(labels)
+            self.progress.step(batch, samples, None)
+            if self.stop.agreed(batch + 1):
+                self._preempt(epoch, batch + 1, wall_s)
+        samples = max(samples, 1)
+        metrics = {"train_loss": float(loss_sum) / samples, "mean_weight": float(weight_sum) / samples, "lr": lr}
+        if meta_losses:
+            metrics["meta_loss"] = float(np.mean(meta_losses))
+        return metrics
+
+    def _evaluate(self) -> dict:
+        self._test_predictions = predict(self.model, self.test_loader, self.context.device, len(self.splits.test),
+                                         self.autocast)
+        return accuracy_report(self._test_predictions, self.splits.test.labels, self.splits.train.class_counts())
+
+    def _predict_train(self) -> np.ndarray:
+        """The final classifier's prediction for every training sample (no augmentation)."""
+        loader = build_loader(self.config.data, self.splits.train, train=False, rank=self.context.rank,
+                              world_size=self.context.world_size, seed=self.config.run.seed, device=self.context.device)
+        return predict(self.model, loader, self.context.device, len(self.splits.train), self.autocast)
+
+    @torch.no_grad()
+    def curvenet_weights(self) -> torch.Tensor:
+        """CurveNet's weight for every training sample, indexed by sample id."""
+        labels = torch.from_numpy(self.splits.train.labels).to(self.context.device)
+        return self.weighting_net(self.curves, labels, None)
+
+    @torch.no_grad()
+    def final_weights(self) -> np.ndarray:
+        """Every training sample's final weight. CurveNet's depends only on the curve and label; Meta-Weight-Net's
+        on the sample's loss under the final classifier (taken without augmentation); plain CE's is 1."""
+        train = self.splits.train
+        device = self.context.device
+        if self.method == "ce":
+            return np.ones(len(train), np.float32)
+        if self.method == "curvenet":
+            return self.curvenet_weights().cpu().numpy()
+        labels = torch.from_numpy(train.labels).to(device)
+        loader = build_loader(self.config.data, train, train=False, rank=self.context.rank,
+                              world_size=self.context.world_size, seed=self.config.run.seed, device=device)
+        self.model.eval()
+        ids, losses = [], []
+        for images, batch_labels, batch_ids in loader:
+            logits = self.model(images.to(device))
+            losses.append(torch.nn.functional.cross_entropy(logits, batch_labels.to(device), reduction="none"))
+            ids.append(batch_ids.to(device))
+        self.model.train()
+        per_sample = torch.from_numpy(losses_by_id(torch.cat(ids), torch.cat(losses), len(train))).to(device)
+        return self.weighting_net(None, labels, per_sample).cpu().numpy()
+
+    def _state(self, wall_s: float) -> dict:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s,
+                 "meta_epoch": self.meta_batches.epoch}
+        if self.weighting_net is not None:
+            state["weighting_net"] = self.weighting_net.state_dict()
+            state["weighting_optimizer"] = self.weighting_optimizer.state_dict()
+        return state
+
+    def _preempt(self, epoch: int, batch: int, wall_s: float) -> None:
+        """Save the position (epoch, batch) with both networks and optimizers, then stop."""
+        if self.context.is_main:
+            path = self.checkpointer.save(self._state(wall_s), epoch, batch)
+            self.progress.say(f"SIGTERM: saved {path}; the same command resumes at epoch {epoch + 1}, batch {batch}")
+        barrier()
+        raise Preempted()
+
+    def _resume(self) -> tuple[int, int, float]:
+        """(epoch, batch, wall seconds so far) from the newest checkpoint."""
+        state = self.checkpointer.load_latest(map_location=self.context.device)
+        if state is None:
+            return 0, 0, 0.0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.weighting_net is not None:
+            self.weighting_net.load_state_dict(state["weighting_net"])
+            self.weighting_optimizer.load_state_dict(state["weighting_optimizer"])
+        self.meta_batches.epoch = state["meta_epoch"]
+        return state["epoch"], state["batch"], state["wall_s"]

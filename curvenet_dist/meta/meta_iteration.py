@@ -1,0 +1,148 @@
+"""One allocate-stage iteration (DESIGN.md §5): virtual step, meta step, actual step, with SLMO and exact or local
+distributed meta-gradients.
+
+The train batch is forwarded once: its graph serves both the virtual step (create_graph, top parameters only)
+and the actual step. The bottom parts are unchanged in w_hat, so the meta batch's bottom features are computed
+once without a graph and the second-order backward stops at the first top part (paper eq. 10).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from curvenet_dist.config import ConfigError
+from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_reduce_mean
+from curvenet_dist.meta.slmo import PartRange, split_layers
+from curvenet_dist.meta.virtual_step import virtual_optimizer_step
+from curvenet_dist.models.staged import StagedNet
+
+SYNC_MODES = ("exact", "local")
+
+
+@dataclass
+class IterationResult:
+    losses: torch.Tensor
+    """Per-sample cross-entropy of the train batch [B], detached."""
+    weights: torch.Tensor
+    """Per-sample weights [B] used by the actual step (from the updated weighting net)."""
+    meta_loss: float | None
+    """Meta-batch cross-entropy at w_hat, averaged over ranks; None when the weighting net was not updated."""
+
+
+def _cloned(buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: buffer.clone() for name, buffer in buffers.items()}
+
+
+class MetaIteration:
+    """Trains a classifier with per-sample weights from `weighting_net` (CurveNet, MW-Net, or None for plain CE),
+    meta-learning the weighting net on the meta batch when asked to."""
+
+    def __init__(
+        self,
+        model: StagedNet,
+        weighting_net: nn.Module | None,
+        classifier_optimizer: torch.optim.SGD,
+        weighting_optimizer: torch.optim.Optimizer | None,
+        skip_layers: int,
+        sync: str = "exact",
+    ):
+        if not isinstance(model, StagedNet):
+            raise TypeError(f"MetaIteration needs the bare StagedNet classifier (not DDP-wrapped), got {type(model)}")
+        if sync not in SYNC_MODES:
+            raise ConfigError(f"meta.sync={sync!r} is not allowed; choose one of: {', '.join(SYNC_MODES)}")
+        if weighting_net is not None and weighting_optimizer is None:
+            raise ValueError("a weighting net needs a weighting optimizer")
+        self.model = model
+        self.weighting_net = weighting_net
+        self.classifier_optimizer = classifier_optimizer
+        self.weighting_optimizer = weighting_optimizer
+        self.sync = sync
+        self.split = split_layers(model, skip_layers)
+        self.bottom = PartRange(model, 0, self.split.bottom_part_count)
+        self.top = PartRange(model, self.split.bottom_part_count)
+        self.classifier_parameters = [param for param in model.parameters() if param.requires_grad]
+        self.virtual_parameters = {
+            name: param for name, param in self.split.top_parameters.items() if param.requires_grad
+        }
+        self.running_statistics = [buffer for buffer in model.buffers() if buffer.is_floating_point()]
+
+    def step(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        curves: torch.Tensor | None,
+        meta_images: torch.Tensor | None,
+        meta_labels: torch.Tensor | None,
+        update_weighting: bool,
+        fixed_weights: torch.Tensor | None = None,
+    ) -> IterationResult:
+        """One classifier step on the train batch. With `update_weighting` (and a weighting net), first the
+        virtual step, the meta step and an Adam step of the weighting net; the actual step then uses its new
+        weights. Without it, plain weighted CE with the current net (all weights 1 without a net), or with
+        `fixed_weights` when given (a frozen CurveNet's weights, computed once for all samples)."""
+        self.classifier_optimizer.zero_grad(set_to_none=True)
+        # The one real forward of the train batch: BatchNorm running statistics update here, once.
+        logits = self.top(self.bottom(images))
+        losses = F.cross_entropy(logits, labels, reduction="none")
+
+        meta_loss = None
+        if update_weighting and self.weighting_net is not None:
+            if meta_images is None or meta_labels is None:
+                raise ValueError("update_weighting=True needs a meta batch (meta_images, meta_labels)")
+            meta_loss = self._update_weighting_net(losses, labels, curves, meta_images, meta_labels)
+
+        with torch.no_grad():
+            if fixed_weights is not None:
+                weights = fixed_weights
+            elif self.weighting_net is None:
+                weights = torch.ones_like(losses)
+            else:
+                weights = self.weighting_net(curves, labels, losses.detach())
+        (weights * losses).mean().backward()
+        # The classifier is not wrapped in DDP: its forwards go through PartRange and functional_call, and DDP's
+        # gradient hooks only fire for a forward through the DDP module itself. So average the gradients here,
+        # in one collective; the running statistics ride along so every replica evaluates the same.
+        gradients = [param.grad for param in self.classifier_parameters if param.grad is not None]
+        all_reduce_mean_(gradients + self.running_statistics)
+        self.classifier_optimizer.step()
+        return IterationResult(losses=losses.detach(), weights=weights, meta_loss=meta_loss)
+
+    def _update_weighting_net(
+        self,
+        losses: torch.Tensor,
+        labels: torch.Tensor,
+        curves: torch.Tensor | None,
+        meta_images: torch.Tensor,
+        meta_labels: torch.Tensor,
+    ) -> float:
+        top_parameters = self.virtual_parameters
+        # Virtual step (paper eq. 11) on the top parameters only (SLMO).
+        weights = self.weighting_net(curves, labels, losses.detach())
+        virtual_grads = torch.autograd.grad(
+            (weights * losses).mean(), list(top_parameters.values()), create_graph=True, retain_graph=True
+        )
+        if self.sync == "exact":
+            # Equal batch sizes per rank: the mean of rank means is the union batch's mean gradient.
+            virtual_grads = differentiable_all_reduce_mean(list(virtual_grads))
+        updated = virtual_optimizer_step(
+            self.classifier_optimizer, top_parameters, dict(zip(top_parameters, virtual_grads))
+        )
+
+        # Meta step. Cloned buffers take the in-place running-statistics update of these throwaway passes.
+        with torch.no_grad():
+            meta_features = functional_call(self.bottom, _cloned(self.split.bottom_buffers), (meta_images,))
+        meta_logits = functional_call(self.top, {**updated, **_cloned(self.split.top_buffers)}, (meta_features,))
+        meta_loss = F.cross_entropy(meta_logits, meta_labels)
+        weighting_parameters = [param for param in self.weighting_net.parameters() if param.requires_grad]
+        weighting_grads = list(torch.autograd.grad(meta_loss, weighting_parameters))
+        # Averaged in both sync modes so the weighting net stays identical on every rank.
+        meta_loss_value = meta_loss.detach().reshape(1).clone()
+        all_reduce_mean_(weighting_grads + [meta_loss_value])
+        for param, grad in zip(weighting_parameters, weighting_grads):
+            param.grad = grad
+        self.weighting_optimizer.step()
+        return meta_loss_value.item()

@@ -1,0 +1,92 @@
+"""The allocate stage end to end, through real torchrun processes with gloo, on a tiny probe run."""
+from __future__ import annotations
+
+import csv
+import re
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import QUICKSTART, REPO, TINY, assert_clean_error, torchrun
+
+pytestmark = pytest.mark.slow
+ALLOCATE = [*TINY, "allocate.epochs=3", "allocate.milestones=[2]", "curvenet.skip_epochs=1", "meta.batch_size=20",
+            "slmo.skip_layers=2"]
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("probe") / "run"
+    torchrun("probe.py", 2, ["--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY, "probe.epochs=4"])
+    return run_dir
+
+
+def allocate(probe_run, run_dir, nproc=1, extra=(), **kwargs):
+    return torchrun("allocate.py", nproc, ["--config", str(QUICKSTART), f"probe.dir={probe_run}", f"run.dir={run_dir}",
+                                           *ALLOCATE, *extra], **kwargs)
+
+
+@pytest.mark.parametrize("method", ["curvenet", "mwnet", "ce"])
+def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, method):
+    run_dir = tmp_path / method
+    result = allocate(probe_run, run_dir, 2, [f"method={method}"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["world_size"] == 2 and metrics["skip_layers"] == 2
+    for key in ("test_acc", "many_acc", "medium_acc", "few_acc"):
+        assert 0 <= metrics[key] <= 1
+    weights = np.load(run_dir / "weights.npy")
+    with open(run_dir / "suspects.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(weights) == metrics["num_samples"]
+    assert [float(r["weight"]) for r in rows] == sorted(float(r["weight"]) for r in rows)
+    assert {"given_label", "predicted_label", "true_label"} <= rows[0].keys()
+    assert (run_dir / "confusion_matrix.png").exists() and (run_dir / "weights_by_class.png").exists()
+    if method == "ce":
+        assert (weights == 1).all() and "noise_auroc" not in metrics
+    else:
+        assert ((weights > 0) & (weights < 1)).all()
+        assert 0 <= metrics["noise_auroc"] <= 1 and 0 <= metrics["noise_ap"] <= 1
+    assert "done: test accuracy" in result.stdout
+
+
+def test_killed_allocate_run_resumes_and_finishes(probe_run, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "launch" / "allocate.py"), "--config", str(QUICKSTART), f"probe.dir={probe_run}",
+               f"run.dir={run_dir}", *ALLOCATE, "allocate.epochs=4"]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((run_dir / "checkpoints").glob("step-00002-*.pt")):
+        assert time.monotonic() < deadline and process.poll() is None, "no epoch-2 checkpoint appeared"
+        time.sleep(0.2)
+    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob("step-00002-*.pt"))[-1], weights_only=False)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert {"model", "optimizer", "weighting_net", "weighting_optimizer"} <= checkpoint.keys()
+    assert checkpoint["weighting_optimizer"]["state"], "CurveNet's Adam state is checkpointed"
+    result = allocate(probe_run, run_dir, 2, ["allocate.epochs=4"])
+    resumed = re.search(r"resuming at epoch (\d+)", result.stdout)
+    assert resumed and int(resumed.group(1)) >= 3, result.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["curvenet.skip_epochs=4"], "holds 4 probe epochs; curvenet.skip_epochs=4 needs at least 5"),
+    (["bias.noise_rate=0.2"], "was recorded on another dataset"),
+    (["method=focal"], "method='focal' is not allowed"),
+    (["slmo.skip_layers=4"], "slmo.skip_layers=4 is outside [0, 3]"),
+    (["meta.source=split"], "the dataset has no meta split"),
+    (["probe.dir="], "probe.dir must name the probe run folder"),
+])
+def test_bad_input_is_refused_before_training(probe_run, tmp_path, extra, message):
+    result = allocate(probe_run, tmp_path / "run", 1, extra, check=False)
+    assert_clean_error(result, message)
+    assert not (tmp_path / "run" / "checkpoints").exists()
