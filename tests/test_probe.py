@@ -90,17 +90,16 @@ def test_killed_run_resumes_with_every_epoch_exactly_once(tmp_path, mlflow_serve
 
 def test_sigterm_saves_mid_epoch_and_the_same_command_finishes(tmp_path):
     run_dir = tmp_path / "run"
-    # Batches of 8 give many steps per epoch, so the signal lands inside an epoch.
-    extra = ["probe.epochs=2", "data.batch_size=8"]
+    # Batches of 8 give many steps per epoch, so the signal most likely lands inside an epoch.
+    extra = ["probe.epochs=8", "data.batch_size=8"]
     process = start_probe(run_dir, 2, extra)
-    wait_for(lambda: (run_dir / "curves.zarr").exists(), what="training to start")
-    time.sleep(2)
+    wait_for(lambda: list((run_dir / "checkpoints").glob("step-00001-*.pt")), what="the first epoch")
     os.killpg(process.pid, signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert "SIGTERM: saved" in output, output
     result = probe(run_dir, 2, extra)
     assert "resuming at epoch" in result.stdout
-    assert_complete_store(run_dir, 2)
+    assert_complete_store(run_dir, 8)
 
 
 def test_mlflow_server_holds_params_metrics_and_artifacts(tmp_path, mlflow_server):
@@ -143,7 +142,14 @@ def test_missing_image_and_foreign_store_are_named(tmp_path):
     dataset.mkdir()
     (dataset / "classes.txt").write_text("a\nb\n")
     (dataset / "train.csv").write_text("path,label,true_label\nmissing.png,1,1\n")
-    result = probe(tmp_path / "run", 1, ["data.source=prepared", f"data.path={dataset}", "bias.meta_per_class=0"], check=False)
+    unbiased = ["data.source=prepared", f"data.path={dataset}", "bias.meta_per_class=0", "bias.noise_type=none"]
+    result = probe(tmp_path / "run", 1, unbiased, check=False)
+    assert_clean_error(result, "class 0 has no training samples; bias.imbalance_factor=10.0 needs samples of every class")
+    unbiased.append("bias.imbalance_factor=1")
+    result = probe(tmp_path / "run", 1, unbiased, check=False)
+    assert_clean_error(result, "neither a test.csv nor a val.csv")
+    (dataset / "test.csv").write_text("path,label,true_label\nmissing.png,1,1\n")
+    result = probe(tmp_path / "run", 1, unbiased, check=False)
     assert_clean_error(result, "train sample 0: image")
     assert "missing.png is missing or unreadable" in result.stderr
 
@@ -152,3 +158,22 @@ def test_missing_image_and_foreign_store_are_named(tmp_path):
     assert_clean_error(result, "recorded for another dataset or config")
     store = CurveStore.open(tmp_path / "run2" / "curves.zarr", mode="r")
     assert store.complete_epochs().tolist() == [0], "nothing already recorded is lost"
+
+
+def test_a_killed_worker_is_restarted_by_torchrun_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+               str(REPO / "launch" / "probe.py"), "--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY,
+               "probe.epochs=5", "data.batch_size=16"]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: list((run_dir / "checkpoints").glob("step-00002-*.pt")), what="the epoch-2 checkpoint")
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[1]), signal.SIGKILL)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert "resuming at epoch" in output
+    assert_complete_store(run_dir, 5)
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 5
+

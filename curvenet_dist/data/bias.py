@@ -90,6 +90,9 @@ def apply_bias(table: SampleTable, config: BiasConfig) -> BiasedSplit:
     meta_rows, rest = carve_meta(clean, table.num_classes, config.meta_per_class, rng)
     available = np.bincount(clean[rest], minlength=table.num_classes)
     if config.imbalance_factor > 1:
+        if (available == 0).any():
+            raise DataError(f"{table.origin}: class {int(np.argmin(available))} has no training samples; "
+                            f"bias.imbalance_factor={config.imbalance_factor} needs samples of every class")
         counts = long_tail_counts(available, config.imbalance_factor)
         rest = np.sort(np.concatenate([
             rng.choice(rest[clean[rest] == c], counts[c], replace=False) for c in range(table.num_classes)

@@ -9,7 +9,7 @@ import numpy as np
 from curvenet_dist.config import BiasConfig, DataConfig
 from curvenet_dist.data.bias import apply_bias
 from curvenet_dist.data.embedded import digits_dataset, fashion_mnist_dataset
-from curvenet_dist.data.sample_table import PreparedDataset, SampleTable
+from curvenet_dist.data.sample_table import DataError, PreparedDataset, SampleTable
 
 
 @dataclass
@@ -42,7 +42,7 @@ def build_splits(data: DataConfig, bias: BiasConfig) -> Splits:
     biased = apply_bias(dataset.splits["train"], bias)
     test = dataset.splits.get("test") or dataset.splits.get("val")
     if test is None or len(test) == 0:
-        raise ValueError(f"{dataset.folder}: the dataset has neither a test nor a val split to evaluate on")
+        raise DataError(f"{dataset.folder}: the dataset has neither a test.csv nor a val.csv split to evaluate on")
     return Splits(dataset.class_names, biased.train, biased.carved_meta, dataset.splits.get("meta"), test)
 
 

@@ -38,12 +38,25 @@ def setup_distributed(device_choice: str) -> DistributedContext:
         local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     if world_size > 1:
+        timeout = timedelta(minutes=30)
+        store = _restart_attempt_store(world_size, timeout)
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             device_id=device if use_cuda else None,
-            timeout=timedelta(minutes=30),
+            timeout=timeout,
+            **({"store": store, "rank": rank, "world_size": world_size} if store is not None else {}),
         )
     return DistributedContext(rank, local_rank, world_size, device)
+
+
+def _restart_attempt_store(world_size: int, timeout: timedelta) -> dist.Store | None:
+    """torchrun's agent keeps one TCPStore for the whole job. Workers it restarts (--max-restarts) would read the
+    dead workers' gloo/NCCL addresses from it and fail to connect, so each restart attempt gets its own keys."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"curvenet-attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def teardown_distributed() -> None:
