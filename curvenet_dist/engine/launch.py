@@ -43,3 +43,19 @@ def run_stage(trainer_class, argv: list[str], stage: str) -> None:
         sys.exit(PREEMPTED_EXIT_CODE)
     finally:
         teardown_distributed()
+
+
+def torchrun_stage(nproc: int, stage: str, arguments: list[str], quiet: bool = False) -> None:
+    """Run launch/<stage>.py under torchrun in a child process, as a user would; exit with a hint on failure."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "launch" / f"{stage}.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(script), *arguments]
+    if not quiet:
+        print(f"$ {' '.join(command)}", flush=True)
+    result = subprocess.run(command, capture_output=quiet, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{stage} failed (exit {result.returncode}); rerun the same command to resume"
+                 + (f"\n{result.stderr[-3000:]}" if quiet else ""))
