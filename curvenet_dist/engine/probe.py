@@ -210,6 +210,7 @@ class ProbeTrainer:
 
     def _finish(self, tracker, result: dict) -> None:
         write_json(self.run_dir / "metrics.json", result)
+        tracker.log_metrics({"wall_s": result["wall_s"]}, step=self.config.probe.epochs)
         tracker.log_artifact(self.run_dir / "config.yaml")
         tracker.log_artifact(self.run_dir / "metrics.json")
         store = CurveStore.open(self.store_path, mode="r")
