@@ -68,10 +68,12 @@ class AllocateTrainer:
                 f"{train.fingerprint()}); use the same data and bias settings as the probe run"
             )
         self.store = store
-        self.meta_table = select_meta_set(config.meta, self.splits, store)
-        check_images_exist(self.meta_table, "meta")
         device = context.device
         self.method = config.method
+        # Plain CE has no weighting net to meta-learn, so it needs no meta set.
+        self.meta_table = select_meta_set(config.meta, self.splits, store) if self.method != "ce" else None
+        if self.meta_table is not None:
+            check_images_exist(self.meta_table, "meta")
         self.curves = None
         if self.method == "curvenet":
             features = class_normalized_curves(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
@@ -95,8 +97,10 @@ class AllocateTrainer:
         loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
         self.train_loader = build_loader(config.data, train, train=True, **loader_arguments)
         self.test_loader = build_loader(config.data, self.splits.test, train=False, **loader_arguments)
-        meta_data = dataclasses.replace(config.data, batch_size=config.meta.batch_size)
-        self.meta_batches = MetaBatches(build_loader(meta_data, self.meta_table, train=True, **loader_arguments))
+        self.meta_batches = None
+        if self.meta_table is not None:
+            meta_data = dataclasses.replace(config.data, batch_size=config.meta.batch_size)
+            self.meta_batches = MetaBatches(build_loader(meta_data, self.meta_table, train=True, **loader_arguments))
         self.autocast = autocast_for(config, device)
 
         self.fingerprint = fingerprint(store.fingerprint, config.method, vars(config.allocate), vars(config.curvenet),
@@ -137,9 +141,10 @@ class AllocateTrainer:
         start_epoch, start_batch, wall_before = self._resume()
         barrier()
         tracker = build_tracker(config, self.run_dir, "allocate", self._tags(), context.is_main)
-        self.progress.say(f"method {self.method}, {len(self.splits.train)} training samples, meta set "
-                          f"{len(self.meta_table)} ({config.meta.source}), skip_layers {self.skip_layers}, "
-                          f"meta.sync {config.meta.sync}, {context.world_size} rank(s)")
+        meta = (f"meta set {len(self.meta_table)} ({config.meta.source}), skip_layers {self.skip_layers}, meta.sync "
+                f"{config.meta.sync}, " if self.meta_table is not None else "")
+        self.progress.say(f"method {self.method}, {len(self.splits.train)} training samples, {meta}"
+                          f"{context.world_size} rank(s)")
         if start_epoch or start_batch:
             self.progress.say(f"resuming at epoch {start_epoch + 1}, batch {start_batch}")
         run_start = time.monotonic()
@@ -164,8 +169,8 @@ class AllocateTrainer:
         result = {**report, "method": self.method, "skip_layers": self.skip_layers, "meta_sync": config.meta.sync,
                   "epochs": config.allocate.epochs, "world_size": context.world_size, "wall_s": wall_s,
                   "num_samples": len(self.splits.train), "mlflow_run_id": tracker.run_id}
+        train_predictions = self._predict_train()  # a collective: every rank takes part
         if context.is_main:
-            train_predictions = self._predict_train()
             result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions,
                                                 self._test_predictions, self.method))
             write_json(self.run_dir / "metrics.json", result)
@@ -179,8 +184,6 @@ class AllocateTrainer:
             auroc = f", weights' noise AUROC {result['noise_auroc']:.3f}" if "noise_auroc" in result else ""
             self.progress.say(f"done: test accuracy {result['test_acc']:.4f}{auroc}; run folder {self.run_dir}; "
                               f"{tracker.ui_hint or 'MLflow tracking off'}")
-        else:
-            self._predict_train()
         barrier()
         return result
 
@@ -268,9 +271,9 @@ class AllocateTrainer:
         return self.weighting_net(None, labels, per_sample).cpu().numpy()
 
     def _state(self, wall_s: float) -> dict:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s,
-                 "meta_epoch": self.meta_batches.epoch}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}
         if self.weighting_net is not None:
+            state["meta_epoch"] = self.meta_batches.epoch
             state["weighting_net"] = self.weighting_net.state_dict()
             state["weighting_optimizer"] = self.weighting_optimizer.state_dict()
         return state
@@ -293,5 +296,5 @@ class AllocateTrainer:
         if self.weighting_net is not None:
             self.weighting_net.load_state_dict(state["weighting_net"])
             self.weighting_optimizer.load_state_dict(state["weighting_optimizer"])
-        self.meta_batches.epoch = state["meta_epoch"]
+            self.meta_batches.epoch = state["meta_epoch"]
         return state["epoch"], state["batch"], state["wall_s"]
