@@ -239,6 +239,10 @@ class MetaConfig:
     (the per_class lowest mean-probe-loss samples of each class; no clean data needed)."""
     per_class: int = 10
     """For `lowest_loss`: samples per class."""
+    normalize_weights: bool = False
+    """Divide the weights by their batch mean (over all ranks in `exact` mode), as Meta-Weight-Net's reference code
+    does: the meta step then learns relative weights instead of an overall larger step. Off: DESIGN.md's plain
+    mean_i G_i * L_i."""
 
     def validate(self) -> None:
         _choice("meta.sync", self.sync, ("exact", "local"))

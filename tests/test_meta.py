@@ -52,9 +52,15 @@ def make_run(weighting: str = "curvenet", nesterov: bool = False):
     return model, weighting_net, classifier_optimizer, weighting_optimizer
 
 
-def reference_step(model, weighting_net, classifier_optimizer, weighting_optimizer, skip_layers, batch) -> None:
+def reference_step(model, weighting_net, classifier_optimizer, weighting_optimizer, skip_layers, batch,
+                   normalize: bool = False) -> None:
     """A straightforward MW-Net iteration: a full functional forward for the virtual step with only the top
-    parameters updated, a full meta forward, then a fresh forward for the actual step."""
+    parameters updated, a full meta forward, then a fresh forward for the actual step. With `normalize`, the
+    weights are divided by their batch mean in both steps."""
+
+    def weigh(weights):
+        return weights / weights.mean() if normalize else weights
+
     count = model.bottom_part_count(skip_layers)
     parameters = dict(model.named_parameters())
     top_names = [name for name in parameters if int(name.split(".")[1]) >= count]
@@ -64,7 +70,7 @@ def reference_step(model, weighting_net, classifier_optimizer, weighting_optimiz
 
     logits = functional_call(model, {**parameters, **throwaway_buffers()}, (batch["images"],))
     losses = F.cross_entropy(logits, batch["labels"], reduction="none")
-    weights = weighting_net(batch["curves"], batch["labels"], losses.detach())
+    weights = weigh(weighting_net(batch["curves"], batch["labels"], losses.detach()))
     top = [parameters[name] for name in top_names]
     grads = torch.autograd.grad((weights * losses).mean(), top, create_graph=True)
     group = classifier_optimizer.param_groups[0]
@@ -87,7 +93,7 @@ def reference_step(model, weighting_net, classifier_optimizer, weighting_optimiz
     classifier_optimizer.zero_grad()
     losses = F.cross_entropy(model(batch["images"]), batch["labels"], reduction="none")
     with torch.no_grad():
-        weights = weighting_net(batch["curves"], batch["labels"], losses)
+        weights = weigh(weighting_net(batch["curves"], batch["labels"], losses))
     (weights * losses).mean().backward()
     classifier_optimizer.step()
 
@@ -178,15 +184,18 @@ def test_split_layers_divides_parameters_and_buffers_by_part():
 
 @pytest.mark.parametrize("weighting", ["curvenet", "mwnet"])
 @pytest.mark.parametrize("skip_layers", [0, 2, 3])
-def test_fast_meta_iteration_matches_reference_mwnet_step(weighting, skip_layers):
+@pytest.mark.parametrize("normalize", [False, True])
+def test_fast_meta_iteration_matches_reference_mwnet_step(weighting, skip_layers, normalize):
     fast = make_run(weighting)
     reference = copy.deepcopy(fast)
-    iteration = MetaIteration(*fast, skip_layers=skip_layers, sync="exact")
+    iteration = MetaIteration(*fast, skip_layers=skip_layers, sync="exact", normalize_weights=normalize)
     # Two iterations: the second's virtual step reads the momentum buffers the first left behind.
     for seed in (1, 2):
         batch = make_batch(seed)
         result = step_with(iteration, batch)
-        reference_step(*reference, skip_layers, batch)
+        reference_step(*reference, skip_layers, batch, normalize)
+        if normalize:
+            assert result.weights.mean().item() == pytest.approx(1.0)
         fast_model, fast_weighting = fast[0], fast[1]
         reference_model, reference_weighting = reference[0], reference[1]
         assert result.meta_loss is not None
@@ -291,7 +300,7 @@ def test_exact_two_rank_meta_gradient_equals_one_process_on_the_union_batch(tmp_
     two_ranks = run_worker(2, tmp_path / "two_ranks")
     union = run_worker(1, tmp_path / "union")[0]
     for key in union:
-        sync, skip_layers = key
+        sync, skip_layers, normalize = key
         rank0, rank1 = two_ranks[0][key], two_ranks[1][key]
         # Every rank ends with the same weighting-net gradient and the same classifier, in both modes.
         assert_same_tensors(rank0["weighting_grads"], rank1["weighting_grads"], rtol=0, atol=0)
@@ -303,4 +312,4 @@ def test_exact_two_rank_meta_gradient_equals_one_process_on_the_union_batch(tmp_
         else:
             local = torch.cat([grad.reshape(-1) for grad in rank0["weighting_grads"]])
             exact = torch.cat([grad.reshape(-1) for grad in union[key]["weighting_grads"]])
-            assert not torch.allclose(local, exact), f"local mode (skip_layers={skip_layers}) should differ"
+            assert not torch.allclose(local, exact), f"local mode (skip_layers={skip_layers}, normalize={normalize}) should differ"

@@ -92,7 +92,7 @@ class AllocateTrainer:
                                                      weight_decay=config.meta.weight_decay)
                                     if self.weighting_net is not None else None)
         self.iteration = MetaIteration(self.model, self.weighting_net, self.optimizer, self.weighting_optimizer,
-                                       self.skip_layers, config.meta.sync)
+                                       self.skip_layers, config.meta.sync, config.meta.normalize_weights)
 
         loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
         self.train_loader = build_loader(config.data, train, train=True, **loader_arguments)

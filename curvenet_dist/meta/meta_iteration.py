@@ -49,6 +49,7 @@ class MetaIteration:
         weighting_optimizer: torch.optim.Optimizer | None,
         skip_layers: int,
         sync: str = "exact",
+        normalize_weights: bool = False,
     ):
         if not isinstance(model, StagedNet):
             raise TypeError(f"MetaIteration needs the bare StagedNet classifier (not DDP-wrapped), got {type(model)}")
@@ -61,6 +62,7 @@ class MetaIteration:
         self.classifier_optimizer = classifier_optimizer
         self.weighting_optimizer = weighting_optimizer
         self.sync = sync
+        self.normalize_weights = normalize_weights
         self.split = split_layers(model, skip_layers)
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
         self.top = PartRange(model, self.split.bottom_part_count)
@@ -97,11 +99,11 @@ class MetaIteration:
 
         with torch.no_grad():
             if fixed_weights is not None:
-                weights = fixed_weights
+                weights = self._normalized(fixed_weights)
             elif self.weighting_net is None:
                 weights = torch.ones_like(losses)
             else:
-                weights = self.weighting_net(curves, labels, losses.detach())
+                weights = self._normalized(self.weighting_net(curves, labels, losses.detach()))
         (weights * losses).mean().backward()
         # The classifier is not wrapped in DDP: its forwards go through PartRange and functional_call, and DDP's
         # gradient hooks only fire for a forward through the DDP module itself. So average the gradients here,
@@ -121,7 +123,7 @@ class MetaIteration:
     ) -> float:
         top_parameters = self.virtual_parameters
         # Virtual step (paper eq. 11) on the top parameters only (SLMO).
-        weights = self.weighting_net(curves, labels, losses.detach())
+        weights = self._normalized(self.weighting_net(curves, labels, losses.detach()))
         virtual_grads = torch.autograd.grad(
             (weights * losses).mean(), list(top_parameters.values()), create_graph=True, retain_graph=True
         )
@@ -146,3 +148,20 @@ class MetaIteration:
             param.grad = grad
         self.weighting_optimizer.step()
         return meta_loss_value.item()
+
+    def _normalized(self, weights: torch.Tensor) -> torch.Tensor:
+        """With normalize_weights, weights divided by their batch mean (Meta-Weight-Net's normalisation): the
+        weighted loss keeps the plain loss's scale, so the meta step learns which samples matter rather than a
+        larger overall step. In exact mode the mean is over the union of all ranks' batches."""
+        if not self.normalize_weights:
+            return weights
+        mean = weights.mean().reshape(1)
+        if self.sync == "exact":
+            mean = differentiable_all_reduce_mean([mean])[0] if weights.requires_grad else _global_mean(mean)
+        return weights / mean.clamp_min(1e-12)
+
+
+def _global_mean(value: torch.Tensor) -> torch.Tensor:
+    value = value.clone()
+    all_reduce_mean_([value])
+    return value

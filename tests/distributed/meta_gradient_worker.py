@@ -3,6 +3,7 @@ skip_layers) on this rank's share of a fixed global batch; writes what it comput
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import torch
@@ -49,28 +50,28 @@ def main() -> None:
     shard = {name: batch.chunk(world)[rank] for name, batch in global_batches().items()}
 
     results = {}
-    for sync in ("exact", "local"):
-        for skip_layers in (0, 1):
-            model = small_net_without_batchnorm()
-            torch.manual_seed(2)
-            weighting_net = CurveNet(CURVE_LENGTH, NUM_CLASSES, embedding_dim=8, curve_hidden=(8,), head_hidden=(8,))
-            weighting_net.double()
-            iteration = MetaIteration(
-                model,
-                weighting_net,
-                torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
-                torch.optim.Adam(weighting_net.parameters(), lr=1e-3),
-                skip_layers=skip_layers,
-                sync=sync,
-            )
-            result = iteration.step(
-                shard["images"], shard["labels"], shard["curves"], shard["meta_images"], shard["meta_labels"], True
-            )
-            results[(sync, skip_layers)] = {
-                "weighting_grads": [param.grad.clone() for param in weighting_net.parameters()],
-                "classifier_parameters": [param.detach().clone() for param in model.parameters()],
-                "meta_loss": result.meta_loss,
-            }
+    for sync, skip_layers, normalize in itertools.product(("exact", "local"), (0, 1), (False, True)):
+        model = small_net_without_batchnorm()
+        torch.manual_seed(2)
+        weighting_net = CurveNet(CURVE_LENGTH, NUM_CLASSES, embedding_dim=8, curve_hidden=(8,), head_hidden=(8,))
+        weighting_net.double()
+        iteration = MetaIteration(
+            model,
+            weighting_net,
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
+            torch.optim.Adam(weighting_net.parameters(), lr=1e-3),
+            skip_layers=skip_layers,
+            sync=sync,
+            normalize_weights=normalize,
+        )
+        result = iteration.step(
+            shard["images"], shard["labels"], shard["curves"], shard["meta_images"], shard["meta_labels"], True
+        )
+        results[(sync, skip_layers, normalize)] = {
+            "weighting_grads": [param.grad.clone() for param in weighting_net.parameters()],
+            "classifier_parameters": [param.detach().clone() for param in model.parameters()],
+            "meta_loss": result.meta_loss,
+        }
     torch.save(results, args.out / f"rank{rank}.pt")
     dist.destroy_process_group()
 
