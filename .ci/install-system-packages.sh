@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the test suite needs in CI: a one-node SLURM for tests/test_slurm.py (slurmctld, slurmd,
-# slurm-client, munge), ffmpeg for data_prep's video checks, and Debian's Fashion-MNIST (data.source=fashion_mnist).
+# slurm-client, munge), ffmpeg for data_prep's image checks, and Debian's Fashion-MNIST (data.source=fashion_mnist).
 # Idempotent: installs only what is missing. Without apt-get or root it says so and exits 0; the tests that need
 # a package then skip with the reason (and fail under CI, where this script runs as root).
 set -euo pipefail
