@@ -1,4 +1,4 @@
-"""All-gather each rank's (sample id, loss) pairs once per epoch into one loss per sample."""
+"""All-gather each rank's (sample id, value) pairs into one value per sample."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,15 +15,15 @@ def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def losses_by_id(ids: torch.Tensor, losses: torch.Tensor, num_samples: int) -> np.ndarray:
-    """One loss per sample id from every rank's recordings; ids repeated by sharding padding keep their first
-    recording. Raises if any sample id was not recorded."""
+def gather_by_id(ids: torch.Tensor, values: torch.Tensor, num_samples: int) -> np.ndarray:
+    """One value per sample id from every rank's (id, value) pairs, indexed by id; ids repeated by sharding
+    padding keep their first value. Raises if any sample id is missing."""
     all_ids = all_gather_concat(ids).cpu().numpy()
-    all_losses = all_gather_concat(losses.float()).cpu().numpy()
+    all_values = all_gather_concat(values).cpu().numpy()
     unique_ids, first = np.unique(all_ids, return_index=True)
     if len(unique_ids) != num_samples or unique_ids[0] != 0 or unique_ids[-1] != num_samples - 1:
         missing = np.setdiff1d(np.arange(num_samples), unique_ids)[:5]
         raise RuntimeError(f"the epoch's recordings miss sample ids {missing.tolist()} (of {num_samples})")
-    out = np.empty(num_samples, np.float32)
-    out[unique_ids] = all_losses[first]
+    out = np.empty(num_samples, all_values.dtype)
+    out[unique_ids] = all_values[first]
     return out

@@ -11,7 +11,6 @@ import torch
 
 from curvenet_dist.config import Config, ConfigError
 from curvenet_dist.curves.features import class_normalized_curves
-from curvenet_dist.curves.gather import losses_by_id
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
@@ -58,8 +57,8 @@ class AllocateTrainer:
         self.probe_dir = Path(config.probe.dir)
         self.splits = build_splits(config.data, config.bias)
         train = self.splits.train
-        check_images_exist(train, "train")
-        check_images_exist(self.splits.test, "test")
+        check_images_exist(train, "train", context)
+        check_images_exist(self.splits.test, "test", context)
         store = CurveStore.open(self.probe_dir / CURVE_STORE, mode="r")
         if store.dataset_fingerprint != train.fingerprint():
             raise CurveStoreError(
@@ -67,13 +66,12 @@ class AllocateTrainer:
                 f"{store.dataset_fingerprint}) than this config's training set ({len(train)} samples, fingerprint "
                 f"{train.fingerprint()}); use the same data and bias settings as the probe run"
             )
-        self.store = store
         device = context.device
         self.method = config.method
         # Plain CE has no weighting net to meta-learn, so it needs no meta set.
         self.meta_table = select_meta_set(config.meta, self.splits, store) if self.method != "ce" else None
         if self.meta_table is not None:
-            check_images_exist(self.meta_table, "meta")
+            check_images_exist(self.meta_table, "meta", context)
         self.curves = None
         if self.method == "curvenet":
             features = class_normalized_curves(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
@@ -153,7 +151,7 @@ class AllocateTrainer:
             epoch_start = time.monotonic()
             train_metrics = self._train_epoch(epoch, start_batch if epoch == start_epoch else 0,
                                               wall_before + time.monotonic() - run_start)
-            report = self._evaluate()
+            report, test_predictions = self._evaluate()
             epoch_s = time.monotonic() - epoch_start
             metrics = {**train_metrics, "test_acc": report["test_acc"], "many_acc": report["many_acc"],
                        "medium_acc": report["medium_acc"], "few_acc": report["few_acc"],
@@ -163,16 +161,22 @@ class AllocateTrainer:
             tracker.log_metrics(metrics, step=epoch)
             self.progress.end_epoch(epoch, len(self.splits.train),
                                     {k: metrics[k] for k in ("train_loss", "mean_weight", "lr", "test_acc")})
-        report = report or self._evaluate()
-        weights = self.final_weights()
+        if not report:
+            report, test_predictions = self._evaluate()
+        # One pass over the training set (no augmentation) gives the suspects' predictions and MW-Net's losses;
+        # it is a collective, so every rank takes part.
+        train_eval_loader = build_loader(config.data, self.splits.train, train=False, rank=context.rank,
+                                         world_size=context.world_size, seed=config.run.seed, device=context.device)
+        train_predictions, train_losses = predict(self.model, train_eval_loader, context.device,
+                                                  len(self.splits.train), self.autocast)
+        weights = self.final_weights(train_losses)
         wall_s = wall_before + time.monotonic() - run_start
         result = {**report, "method": self.method, "skip_layers": self.skip_layers, "meta_sync": config.meta.sync,
                   "epochs": config.allocate.epochs, "world_size": context.world_size, "wall_s": wall_s,
                   "num_samples": len(self.splits.train), "mlflow_run_id": tracker.run_id}
-        train_predictions = self._predict_train()  # a collective: every rank takes part
         if context.is_main:
             result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions,
-                                                self._test_predictions, self.method))
+                                                test_predictions, self.method))
             write_json(self.run_dir / "metrics.json", result)
             for name in ("config.yaml", "metrics.json", "weights.npy", "suspects.csv", "weights_by_class.png",
                          "confusion_matrix.png"):
@@ -221,7 +225,7 @@ class AllocateTrainer:
             if result.meta_loss is not None:
                 meta_losses.append(result.meta_loss)
             samples += len(labels)
-            self.progress.step(batch, samples, None)
+            self.progress.step(batch, samples)
             if self.stop.agreed(batch + 1):
                 self._preempt(epoch, batch + 1, wall_s)
         samples = max(samples, 1)
@@ -230,16 +234,11 @@ class AllocateTrainer:
             metrics["meta_loss"] = float(np.mean(meta_losses))
         return metrics
 
-    def _evaluate(self) -> dict:
-        self._test_predictions = predict(self.model, self.test_loader, self.context.device, len(self.splits.test),
-                                         self.autocast)
-        return accuracy_report(self._test_predictions, self.splits.test.labels, self.splits.train.class_counts())
-
-    def _predict_train(self) -> np.ndarray:
-        """The final classifier's prediction for every training sample (no augmentation)."""
-        loader = build_loader(self.config.data, self.splits.train, train=False, rank=self.context.rank,
-                              world_size=self.context.world_size, seed=self.config.run.seed, device=self.context.device)
-        return predict(self.model, loader, self.context.device, len(self.splits.train), self.autocast)
+    def _evaluate(self) -> tuple[dict, np.ndarray]:
+        """The accuracy report on the test set, and every test sample's prediction."""
+        predictions, _ = predict(self.model, self.test_loader, self.context.device, len(self.splits.test),
+                                 self.autocast)
+        return accuracy_report(predictions, self.splits.test.labels, self.splits.train.class_counts()), predictions
 
     @torch.no_grad()
     def curvenet_weights(self) -> torch.Tensor:
@@ -248,27 +247,17 @@ class AllocateTrainer:
         return self.weighting_net(self.curves, labels, None)
 
     @torch.no_grad()
-    def final_weights(self) -> np.ndarray:
+    def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
         """Every training sample's final weight. CurveNet's depends only on the curve and label; Meta-Weight-Net's
-        on the sample's loss under the final classifier (taken without augmentation); plain CE's is 1."""
-        train = self.splits.train
-        device = self.context.device
+        on the sample's loss under the final classifier (`train_losses`, taken without augmentation); plain
+        CE's is 1."""
         if self.method == "ce":
-            return np.ones(len(train), np.float32)
+            return np.ones(len(train_losses), np.float32)
         if self.method == "curvenet":
             return self.curvenet_weights().cpu().numpy()
-        labels = torch.from_numpy(train.labels).to(device)
-        loader = build_loader(self.config.data, train, train=False, rank=self.context.rank,
-                              world_size=self.context.world_size, seed=self.config.run.seed, device=device)
-        self.model.eval()
-        ids, losses = [], []
-        for images, batch_labels, batch_ids in loader:
-            logits = self.model(images.to(device))
-            losses.append(torch.nn.functional.cross_entropy(logits, batch_labels.to(device), reduction="none"))
-            ids.append(batch_ids.to(device))
-        self.model.train()
-        per_sample = torch.from_numpy(losses_by_id(torch.cat(ids), torch.cat(losses), len(train))).to(device)
-        return self.weighting_net(None, labels, per_sample).cpu().numpy()
+        device = self.context.device
+        labels = torch.from_numpy(self.splits.train.labels).to(device)
+        return self.weighting_net(None, labels, torch.from_numpy(train_losses).to(device)).cpu().numpy()
 
     def _state(self, wall_s: float) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}

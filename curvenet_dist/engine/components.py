@@ -11,6 +11,7 @@ import torch
 
 from curvenet_dist.config import Config
 from curvenet_dist.data.sample_table import DataError, SampleTable
+from curvenet_dist.engine.distributed import DistributedContext, min_over_ranks
 from curvenet_dist.models.registry import build_backbone
 from curvenet_dist.models.staged import StagedNet
 
@@ -27,12 +28,18 @@ def probe_fingerprint(config: Config, train: SampleTable) -> str:
     return fingerprint(train.fingerprint(), data, model, vars(config.optim), probe, config.run.seed)
 
 
-def check_images_exist(table: SampleTable, split: str) -> None:
-    """Fail before training, naming the sample, if an image file is missing or unreadable."""
-    for sample_id, relative in enumerate(table.paths):
-        path = table.image_root / relative
-        if not os.access(path, os.R_OK):
-            raise DataError(f"{split} sample {sample_id}: image {path} is missing or unreadable")
+def check_images_exist(table: SampleTable, split: str, context: DistributedContext) -> None:
+    """Fail before training, naming the sample, if an image file is missing or unreadable. Each rank checks
+    its share of the files (one look per file for the whole job, which matters for a million images on a
+    shared filesystem); every rank then stops with the same message for the first bad sample any rank found."""
+    first_bad = len(table)
+    for sample_id in range(context.rank, len(table), context.world_size):
+        if not os.access(table.image_root / table.paths[sample_id], os.R_OK):
+            first_bad = sample_id
+            break
+    first_bad = min_over_ranks(first_bad, context.device)
+    if first_bad < len(table):
+        raise DataError(f"{split} sample {first_bad}: image {table.image_path(first_bad)} is missing or unreadable")
 
 
 def build_model(config: Config, num_classes: int, device: torch.device) -> StagedNet:

@@ -83,3 +83,12 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     tensor = torch.tensor([int(flag)], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
+
+
+def min_over_ranks(value: int, device: torch.device) -> int:
+    """The smallest of every rank's `value`, on every rank."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())

@@ -3,29 +3,29 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from curvenet_dist.curves.gather import all_gather_concat
+from curvenet_dist.curves.gather import gather_by_id
 from curvenet_dist.data.datasets import shot_groups
 
 
-def predict(model: torch.nn.Module, loader, device: torch.device, num_samples: int, autocast) -> np.ndarray:
-    """Every sample's predicted class, indexed by id (padding repeats dropped)."""
+def predict(model: torch.nn.Module, loader, device: torch.device, num_samples: int,
+            autocast) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample's predicted class and its cross-entropy against the loader's (given) label, indexed by id
+    (padding repeats dropped). One pass serves accuracy, suspects and loss-based weights alike."""
     model.eval()
-    ids, predictions = [], []
+    ids, predictions, losses = [], [], []
     with torch.no_grad():
-        for images, _, batch_ids in loader:
+        for images, labels, batch_ids in loader:
             with autocast():
                 logits = model(images.to(device, non_blocking=True))
             predictions.append(logits.argmax(1))
+            losses.append(F.cross_entropy(logits.float(), labels.to(device, non_blocking=True), reduction="none"))
             ids.append(batch_ids.to(device))
     model.train()
-    all_ids = all_gather_concat(torch.cat(ids)).cpu().numpy()
-    all_predictions = all_gather_concat(torch.cat(predictions)).cpu().numpy()
-    unique_ids, first = np.unique(all_ids, return_index=True)
-    assert len(unique_ids) == num_samples, "the evaluation loader must cover every test sample"
-    out = np.empty(num_samples, np.int64)
-    out[unique_ids] = all_predictions[first]
-    return out
+    ids = torch.cat(ids)
+    return (gather_by_id(ids, torch.cat(predictions), num_samples),
+            gather_by_id(ids, torch.cat(losses), num_samples))
 
 
 def accuracy_report(predictions: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> dict:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from curvenet_dist.config import Config
-from curvenet_dist.curves.gather import all_gather_concat, losses_by_id
+from curvenet_dist.curves.gather import all_gather_concat, gather_by_id
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
@@ -34,8 +34,8 @@ class ProbeTrainer:
         self.run_dir = Path(config.run.dir)
         self.splits = build_splits(config.data, config.bias)
         self.train_table = self.splits.train
-        check_images_exist(self.train_table, "train")
-        check_images_exist(self.splits.test, "test")
+        check_images_exist(self.train_table, "train", context)
+        check_images_exist(self.splits.test, "test", context)
         self.fingerprint = probe_fingerprint(config, self.train_table)
         self.store_path = self.run_dir / CURVE_STORE
         # Every rank checks, so a store from another run stops all of them with the same message.
@@ -76,7 +76,7 @@ class ProbeTrainer:
         """One probe epoch; with probe.record, column `epoch` of the curve store. Returns (mean loss, last LR)."""
         ids, losses, mean_loss, lr = self._train_epoch(epoch, start_batch, partial, wall_s)
         if self.config.probe.record:
-            epoch_losses = losses_by_id(ids, losses, len(self.train_table))
+            epoch_losses = gather_by_id(ids, losses, len(self.train_table))
             # Includes the part of the epoch trained before a pre-emption, which the running sum does not.
             mean_loss = float(epoch_losses.mean())
             if store is not None:
@@ -84,7 +84,7 @@ class ProbeTrainer:
         return mean_loss, lr
 
     def evaluate(self) -> dict:
-        predictions = predict(self.ddp_model, self.test_loader, self.context.device, len(self.splits.test), self.autocast)
+        predictions, _ = predict(self.ddp_model, self.test_loader, self.context.device, len(self.splits.test), self.autocast)
         return accuracy_report(predictions, self.splits.test.labels, self.train_table.class_counts())
 
     def run(self) -> dict:
@@ -157,22 +157,25 @@ class ProbeTrainer:
             self.optimizer.step()
             loss_sum += loss.detach() * len(labels)
             samples += len(labels)
-            self.progress.step(batch, samples, None)
+            self.progress.step(batch, samples)
             if self.stop.agreed(batch + 1):
                 self._preempt(epoch, batch + 1, ids_seen, losses_seen, wall_s)
         if self.stop.agreed(0, force=True):
             # Stop between epochs: the epoch is whole, so record it below on the next start instead.
             self._preempt(epoch, batches, ids_seen, losses_seen, wall_s)
         mean_loss = float(all_gather_concat(loss_sum.reshape(1)).sum() / max(1, samples * self.context.world_size))
-        empty = torch.zeros(0, device=device)
-        ids_out = torch.cat(ids_seen) if ids_seen else empty.long()
-        losses_out = torch.cat(losses_seen) if losses_seen else empty
-        return ids_out, losses_out, mean_loss, lr
+        return *self._recordings(ids_seen, losses_seen), mean_loss, lr
+
+    def _recordings(self, ids_seen: list, losses_seen: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's (ids, losses) of the epoch so far as two tensors (empty when nothing was recorded)."""
+        if not ids_seen:
+            empty = torch.zeros(0, device=self.context.device)
+            return empty.long(), empty
+        return torch.cat(ids_seen), torch.cat(losses_seen)
 
     def _preempt(self, epoch: int, batch: int, ids_seen: list, losses_seen: list, wall_s: float) -> None:
         """Save the position inside the epoch, with every rank's recordings so far, then stop."""
-        ids = torch.cat(ids_seen) if ids_seen else torch.zeros(0, dtype=torch.long, device=self.context.device)
-        losses = torch.cat(losses_seen) if losses_seen else torch.zeros(0, device=self.context.device)
+        ids, losses = self._recordings(ids_seen, losses_seen)
         # Every rank is at the same batch, so the recordings have the same length and can be all-gathered.
         partial = {"ids": all_gather_concat(ids).cpu(), "losses": all_gather_concat(losses).cpu(),
                    "world_size": self.context.world_size}
@@ -184,7 +187,7 @@ class ProbeTrainer:
 
     def _save(self, epoch: int, batch: int, partial: dict | None, wall_s: float) -> Path:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "partial": partial,
-                 "world_size": self.context.world_size, "wall_s": wall_s}
+                 "wall_s": wall_s}
         return self.checkpointer.save(state, epoch, batch)
 
     def _resume(self) -> tuple[int, int, dict | None, float]:

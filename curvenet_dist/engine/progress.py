@@ -24,13 +24,13 @@ class Progress:
         self.epoch, self.batches = epoch, batches
         self.epoch_start = self.last_print = time.monotonic()
 
-    def step(self, batch: int, samples_seen: int, loss: float | None) -> None:
+    def step(self, batch: int, samples_seen: int) -> None:
+        """A line every interval_s within long epochs. No loss here: reading it would sync the GPU every step."""
         now = time.monotonic()
         if self.enabled and now - self.last_print >= self.interval_s:
             self.last_print = now
             rate = samples_seen / max(now - self.epoch_start, 1e-9)
-            loss_text = f" loss {loss:.4f}" if loss is not None else ""
-            self.say(f"epoch {self.epoch + 1}/{self.total_epochs} batch {batch + 1}/{self.batches}{loss_text} {rate:.0f} samples/s")
+            self.say(f"epoch {self.epoch + 1}/{self.total_epochs} batch {batch + 1}/{self.batches} {rate:.0f} samples/s")
 
     def end_epoch(self, epoch: int, samples: int, metrics: dict) -> None:
         now = time.monotonic()
