@@ -28,6 +28,7 @@ from data_prep.image_folder import (
     PreparationResult,
     Quirks,
     numbered_lines,
+    read_class_names,
     relative_image_path,
     write_prepared_dataset,
 )
@@ -52,15 +53,6 @@ def _rows(list_file: Path) -> list[tuple[str, str]]:
     """(text, 'file:line') for every line after the `class_name...` header, if there is one."""
     rows = [(text, f"{list_file}:{line_number}") for line_number, text in numbered_lines(list_file)]
     return rows[1:] if rows and rows[0][0].startswith("class_name") else rows
-
-
-def read_food_classes(classes_file: Path) -> list[str]:
-    if not classes_file.is_file():
-        raise DataError(f"{classes_file}: class list not found")
-    names = [text for text, _ in _rows(classes_file)]
-    if not names:
-        raise DataError(f"{classes_file}: no class names")
-    return names
 
 
 def _parse_class_path(text: str, source: str, class_index: dict[str, int]) -> ListedFood:
@@ -99,7 +91,7 @@ def prepare_food101n(
     food101n_images = PurePosixPath(food101n_root.relative_to(image_root).as_posix()) / "images"
     food101_images = PurePosixPath(food101_root.relative_to(image_root).as_posix()) / "images"
     meta_folder = food101n_root / "meta"
-    class_names = read_food_classes(meta_folder / "classes.txt")
+    class_names = read_class_names(meta_folder / "classes.txt", header="class_name")
     class_index = {name: index for index, name in enumerate(class_names)}
     quirks = Quirks()
 

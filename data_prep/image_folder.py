@@ -201,10 +201,13 @@ def write_prepared_dataset(
     return PreparationResult(dataset, quarantined, quirks)
 
 
-def read_class_names(classes_file: Path) -> list[str]:
+def read_class_names(classes_file: Path, header: str | None = None) -> list[str]:
+    """One class name a line; a first line starting with `header` (Food-101N's `class_name`) is skipped."""
     if not classes_file.is_file():
         raise DataError(f"{classes_file}: class list not found")
     names = [text for _, text in numbered_lines(classes_file)]
+    if header is not None and names and names[0].startswith(header):
+        names = names[1:]
     if not names:
         raise DataError(f"{classes_file}: no class names")
     return names

@@ -32,6 +32,12 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str
     return code, captured.out, captured.err
 
 
+def run_image_folder(capsys: pytest.CaptureFixture, root: Path, out: Path, *options: object) -> tuple[int, str, str]:
+    """`python -m data_prep image-folder` on a build_image_folder fixture, with extra options."""
+    return run_cli(capsys, "image-folder", "--images", root / "images", "--train-list", root / "train.txt",
+                   "--out", out, *options)
+
+
 def read_rows(csv_file: Path) -> list[list[str]]:
     with open(csv_file, newline="") as f:
         return list(csv.reader(f))[1:]
@@ -104,23 +110,8 @@ def test_check_quarantines_corrupt_images_and_the_run_goes_on(tmp_path: Path, ca
 def test_reencode_writes_jpegs_with_short_side_256(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = build_image_folder(tmp_path / "folder", image_size=(30, 18))
     out_folder = tmp_path / "prepared"
-    code, _, _ = run_cli(
-        capsys,
-        "image-folder",
-        "--images",
-        root / "images",
-        "--train-list",
-        root / "train.txt",
-        "--val-list",
-        root / "val.csv",
-        "--classes",
-        root / "classes.txt",
-        "--out",
-        out_folder,
-        "--reencode",
-        "--workers",
-        2,
-    )
+    code, _, _ = run_image_folder(capsys, root, out_folder, "--val-list", root / "val.csv",
+                                  "--classes", root / "classes.txt", "--reencode", "--workers", 2)
     assert code == 0
     dataset = PreparedDataset.read(out_folder)
     assert yaml.safe_load((out_folder / "dataset.yaml").read_text())["image_root"] == str(
@@ -205,18 +196,7 @@ def test_food101n_protocol_and_quirks(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_image_folder_lists_with_comments_and_commas(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = build_image_folder(tmp_path / "folder")
-    code, out, _ = run_cli(
-        capsys,
-        "image-folder",
-        "--images",
-        root / "images",
-        "--train-list",
-        root / "train.txt",
-        "--val-list",
-        root / "val.csv",
-        "--out",
-        tmp_path / "prepared",
-    )
+    code, out, _ = run_image_folder(capsys, root, tmp_path / "prepared", "--val-list", root / "val.csv")
     assert code == 0
     dataset = PreparedDataset.read(tmp_path / "prepared")
     assert dataset.class_names == ["0", "1", "2"]
@@ -302,18 +282,7 @@ def test_image_folder_bad_list_line_names_file_and_line(
 ) -> None:
     root = build_image_folder(tmp_path / "folder", train_per_class=1, val_per_class=0)
     edit_line(root / "train.txt", 4, line)
-    code, _, err = run_cli(
-        capsys,
-        "image-folder",
-        "--images",
-        root / "images",
-        "--train-list",
-        root / "train.txt",
-        "--classes",
-        root / "classes.txt",
-        "--out",
-        tmp_path / "prepared",
-    )
+    code, _, err = run_image_folder(capsys, root, tmp_path / "prepared", "--classes", root / "classes.txt")
     assert code == 2
     assert f"{root / 'train.txt'}:4" in err and message in err
 
