@@ -52,6 +52,18 @@ class SlurmCluster:
         text = self.command("scontrol", "--oneliner", "show", "job", str(job_id)).stdout
         return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
+    def wait_until_node_idle(self, timeout_s: float) -> None:
+        """Poll until the node runs nothing and completes nothing (its State is plain IDLE)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.command("scontrol", "--oneliner", "show", "node", self.node_name).stdout
+            state = dict(item.split("=", 1) for item in text.split() if "=" in item).get("State")
+            if state == "IDLE":
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {self.node_name} is still {state} after {timeout_s:.0f}s")
+            time.sleep(0.5)
+
     def wait_for_state(self, job_id: int, states: set[str], timeout_s: float) -> dict[str, str]:
         """Poll until the job is in one of `states`; fail with the job's record if it ends elsewhere or time runs out."""
         deadline = time.monotonic() + timeout_s

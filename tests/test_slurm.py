@@ -106,7 +106,9 @@ def test_preempted_probe_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCl
     fields = slurm_cluster.wait_for_state(job, {"PENDING"}, timeout_s=120)
     assert fields["Restarts"] == "1"
     assert not (run_dir / "metrics.json").exists(), "the job finished before it was pre-empted"
-    # A requeued job may not start again for 120 s unless its start time is reset.
+    # A requeued job may not start again for 120 s unless its start time is reset. Release it only once the node
+    # has finished tearing down the first attempt: a launch onto a node still completing it can fail.
+    slurm_cluster.wait_until_node_idle(timeout_s=120)
     slurm_cluster.command("scontrol", "update", f"JobId={job}", "StartTime=now")
     slurm_cluster.wait_for_state(job, {"COMPLETED"}, timeout_s=400)
 
