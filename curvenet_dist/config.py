@@ -63,6 +63,9 @@ class DataConfig:
     """Loader worker processes (torch) or threads (DALI) per rank."""
     test_fraction: float = 0.3
     """For `digits`: the fraction of each class held out as the clean, balanced test set."""
+    train_per_class: int = 0
+    """Train on a seeded (bias.seed), class-balanced subset of at most this many samples per class of the
+    training split, taken before any synthetic bias (0: the whole split). For benchmarks on a machine's budget."""
     augment: str = "crop_flip"
     """Training augmentation: `crop_flip` (padded random crop + flip, small images), `crop` (the same without
     the flip, for classes a mirror changes, like digits), `resized_crop` (random resized crop + flip, ImageNet
@@ -81,6 +84,7 @@ class DataConfig:
         for key in ("image_size", "batch_size", "eval_batch_size"):
             _positive(f"data.{key}", getattr(self, key))
         _positive("data.num_workers", self.num_workers, allow_zero=True)
+        _positive("data.train_per_class", self.train_per_class, allow_zero=True)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must be in (0, 1)")
         for key in ("mean", "std"):
@@ -97,14 +101,16 @@ class BiasConfig:
     imbalance_factor: float = 1.0
     """n_max / n_min of the exponential long tail; 1 keeps the classes as they are."""
     noise_type: str = "none"
-    """`none`, `uniform` (any class incl. the true one), `flip` (to one other class) or `flip2` (to two)."""
+    """`none`, `uniform` (any class incl. the true one), `flip` (to one other class), `flip2` (to two), each by
+    exact counts per class, or `proportional` (the CurveNet reference code's: each label redrawn with probability
+    noise_rate, in proportion to the class sizes)."""
     noise_rate: float = 0.0
     """Probability p that a training label is corrupted."""
     seed: int = 0
     """Seed of the carve-out, tail and noise (recorded so runs compare on the same data)."""
 
     def validate(self) -> None:
-        _choice("bias.noise_type", self.noise_type, ("none", "uniform", "flip", "flip2"))
+        _choice("bias.noise_type", self.noise_type, ("none", "uniform", "flip", "flip2", "proportional"))
         _positive("bias.meta_per_class", self.meta_per_class, allow_zero=True)
         if self.imbalance_factor < 1:
             raise ConfigError(f"bias.imbalance_factor={self.imbalance_factor} must be >= 1")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from curvenet_dist.config import BiasConfig
-from curvenet_dist.data.bias import apply_bias, corrupt_labels, long_tail_counts
+from curvenet_dist.data.bias import apply_bias, corrupt_labels, long_tail_counts, noise_rate_by_class
 from curvenet_dist.data.sample_table import DataError, SampleTable
 
 
@@ -51,3 +51,31 @@ def test_apply_bias_carves_clean_meta_then_tail_then_noise():
 def test_a_class_too_small_for_the_meta_set_is_named():
     with pytest.raises(DataError, match="class 0 has 5 training samples"):
         apply_bias(balanced_table(5, 3), BiasConfig(meta_per_class=10))
+
+
+def test_proportional_noise_keeps_every_given_class_near_the_rate():
+    # The CurveNet reference code's model on a long tail (imbalance 50): each given-label class's noise rate is
+    # p * (1 - n_c / N), never the 68-83% that exact-count flip2 leaves in some tail classes.
+    rng = np.random.default_rng(0)
+    counts = long_tail_counts(np.full(10, 2000), 50)
+    true = np.repeat(np.arange(10), counts)
+    given = corrupt_labels(true, 10, "proportional", 0.4, rng)
+    table = SampleTable(None, [f"{i}.png" for i in range(len(true))], given, true, 10)
+    rates = noise_rate_by_class(table)
+    expected = 0.4 * (1 - counts / counts.sum())
+    assert np.all(np.abs(rates - expected) < 0.08), (rates, expected)
+    assert (given != true).mean() == pytest.approx(0.4 * (1 - (counts / counts.sum()) @ (counts / counts.sum())),
+                                                   abs=0.02)
+
+
+def test_noise_rate_by_class_counts_wrong_given_labels():
+    table = SampleTable(None, ["a", "b", "c", "d"], np.array([0, 0, 1, 1]), np.array([0, 1, 1, -1]), 3)
+    rates = noise_rate_by_class(table)
+    assert rates[0] == 0.5 and rates[1] == 0.0 and np.isnan(rates[2])
+
+
+def test_train_per_class_takes_a_balanced_subset_before_the_bias():
+    table = balanced_table(100, 4)
+    biased = apply_bias(table, BiasConfig(meta_per_class=5, seed=1), train_per_class=30)
+    assert np.bincount(biased.carved_meta.labels).tolist() == [5] * 4
+    assert np.bincount(biased.train.labels).tolist() == [25] * 4

@@ -1,7 +1,8 @@
 """Synthetic bias, Meta-Weight-Net conventions (DESIGN.md §1): meta carve-out, long tail, label noise.
 
-Counts are exact rather than Bernoulli draws, so a config's imbalance factor and noise rate are what the
-data really has. Every step is seeded, and true labels are kept so noise detection can be scored.
+Counts are exact rather than Bernoulli draws for uniform/flip/flip2, so a config's imbalance factor and noise
+rate are what the data really has; `proportional` is the CurveNet reference code's per-sample model. Every step
+is seeded, and true labels are kept so noise detection can be scored.
 """
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ def long_tail_counts(available: np.ndarray, imbalance_factor: float) -> np.ndarr
     return np.maximum(1, np.round(n_max * (1.0 / imbalance_factor) ** exponents)).astype(np.int64)
 
 
+def class_balanced_subset(labels: np.ndarray, num_classes: int, per_class: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """Sorted rows of `per_class` random samples of each class (all of a smaller class)."""
+    rows = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(num_classes)]
+    return np.sort(np.concatenate(rows))
+
+
 def noise_targets(num_classes: int, noise_type: str, rng: np.random.Generator) -> np.ndarray:
     """For `flip` and `flip2`: each class's fixed other classes its labels flip to, shape [C, 1 or 2]."""
     width = 1 if noise_type == "flip" else 2
@@ -55,9 +63,17 @@ def corrupt_labels(true_labels: np.ndarray, num_classes: int, noise_type: str, r
                    rng: np.random.Generator) -> np.ndarray:
     """Given labels: in every class exactly round(rate * n_c) samples are corrupted. `uniform` draws any class,
     the true one included (so the effective rate is rate * (C-1)/C); `flip` sends them to one other class;
-    `flip2` sends half to each of two other classes."""
+    `flip2` sends half to each of two other classes. `proportional` (the CurveNet reference code's model) instead
+    redraws each label with probability `rate`, the new class drawn in proportion to the class sizes (the true
+    one included): every *given*-label class then holds about rate * (1 - n_c/N) mislabeled samples, where
+    exact-count flip2 on a long tail can leave a tail given-label class mostly mislabeled."""
     labels = true_labels.copy()
     if noise_type == "none" or rate == 0:
+        return labels
+    if noise_type == "proportional":
+        sizes = np.bincount(true_labels, minlength=num_classes)
+        redrawn = np.flatnonzero(rng.random(len(labels)) < rate)
+        labels[redrawn] = rng.choice(num_classes, len(redrawn), p=sizes / sizes.sum())
         return labels
     targets = noise_targets(num_classes, noise_type, rng) if noise_type != "uniform" else None
     for c in range(num_classes):
@@ -82,9 +98,22 @@ class BiasedSplit:
     """Clean, balanced samples carved out before corruption (empty when bias.meta_per_class is 0)."""
 
 
-def apply_bias(table: SampleTable, config: BiasConfig) -> BiasedSplit:
-    """Carve the meta set first, then the long tail, then label noise on the training part only."""
+def noise_rate_by_class(table: SampleTable) -> np.ndarray:
+    """[C] the fraction of each given-label class whose true label differs (NaN for an empty class or where no
+    true labels are known)."""
+    known = table.true_labels >= 0
+    wrong = np.bincount(table.labels[known], weights=table.labels[known] != table.true_labels[known],
+                        minlength=table.num_classes)
+    counts = np.bincount(table.labels[known], minlength=table.num_classes)
+    return np.divide(wrong, counts, out=np.full(table.num_classes, np.nan), where=counts > 0)
+
+
+def apply_bias(table: SampleTable, config: BiasConfig, train_per_class: int = 0) -> BiasedSplit:
+    """Optionally a class-balanced subset (`train_per_class` > 0), then carve the meta set, then the long tail,
+    then label noise on the training part only."""
     rng = np.random.default_rng(config.seed)
+    if train_per_class:
+        table = table.select(class_balanced_subset(table.labels, table.num_classes, train_per_class, rng))
     # Carving and the tail select by the clean labels: the source split is assumed clean where true labels exist.
     clean = np.where(table.true_labels >= 0, table.true_labels, table.labels)
     meta_rows, rest = carve_meta(clean, table.num_classes, config.meta_per_class, rng)

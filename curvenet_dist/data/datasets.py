@@ -39,7 +39,7 @@ def load_source(config: DataConfig) -> PreparedDataset:
 
 def build_splits(data: DataConfig, bias: BiasConfig) -> Splits:
     dataset = load_source(data)
-    biased = apply_bias(dataset.splits["train"], bias)
+    biased = apply_bias(dataset.splits["train"], bias, data.train_per_class)
     test = dataset.splits.get("test") or dataset.splits.get("val")
     if test is None or len(test) == 0:
         raise DataError(f"{dataset.folder}: the dataset has neither a test.csv nor a val.csv split to evaluate on")
