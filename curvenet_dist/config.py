@@ -94,9 +94,10 @@ class DataConfig:
 
 @dataclass
 class BiasConfig:
-    """Synthetic bias (DESIGN.md §1): applied to the training split only, after the meta carve-out."""
+    """Synthetic bias (DESIGN.md §1), a benchmarking tool: applied to the training split only, after the meta
+    carve-out. The defaults apply none, so a dataset is used as it is unless a config asks for bias."""
 
-    meta_per_class: int = 10
+    meta_per_class: int = 0
     """Clean samples per class carved out of the training split as the meta set before corruption (0: none)."""
     imbalance_factor: float = 1.0
     """n_max / n_min of the exponential long tail; 1 keeps the classes as they are."""
@@ -116,6 +117,17 @@ class BiasConfig:
             raise ConfigError(f"bias.imbalance_factor={self.imbalance_factor} must be >= 1")
         if not 0 <= self.noise_rate < 1:
             raise ConfigError(f"bias.noise_rate={self.noise_rate} must be in [0, 1)")
+
+    def describe(self) -> str:
+        """The bias in words, e.g. 'meta carve-out 10/class, long tail x10, flip2 noise 40% (seed 0)', or 'none'."""
+        parts = []
+        if self.meta_per_class:
+            parts.append(f"meta carve-out {self.meta_per_class}/class")
+        if self.imbalance_factor > 1:
+            parts.append(f"long tail x{self.imbalance_factor:g}")
+        if self.noise_type != "none" and self.noise_rate > 0:
+            parts.append(f"{self.noise_type} noise {100 * self.noise_rate:g}%")
+        return f"{', '.join(parts)} (seed {self.seed})" if parts else "none"
 
 
 @dataclass

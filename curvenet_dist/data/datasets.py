@@ -1,6 +1,7 @@
 """From the data config to the splits a run trains and tests on."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,37 @@ def load_source(config: DataConfig) -> PreparedDataset:
 
 
 def build_splits(data: DataConfig, bias: BiasConfig) -> Splits:
+    """The run's splits; the first process of a job prints which bias was applied and the split sizes."""
     dataset = load_source(data)
     biased = apply_bias(dataset.splits["train"], bias, data.train_per_class)
     test = dataset.splits.get("test") or dataset.splits.get("val")
     if test is None or len(test) == 0:
         raise DataError(f"{dataset.folder}: the dataset has neither a test.csv nor a val.csv split to evaluate on")
-    return Splits(dataset.class_names, biased.train, biased.carved_meta, dataset.splits.get("meta"), test)
+    splits = Splits(dataset.class_names, biased.train, biased.carved_meta, dataset.splits.get("meta"), test)
+    # torchrun numbers the processes of a job in RANK; every one of them builds the same splits.
+    if os.environ.get("RANK", "0") == "0":
+        print(describe_splits(data, bias, len(dataset.splits["train"]), splits), flush=True)
+    return splits
+
+
+def describe_splits(data: DataConfig, bias: BiasConfig, source_train: int, splits: Splits) -> str:
+    """One line: the data, the synthetic bias applied (or none) and the size of every split the run uses."""
+    source = f"{data.source} {data.path}" if data.source == "prepared" else data.source
+    subset = f", balanced subset of {data.train_per_class}/class" if data.train_per_class else ""
+    train = f"train {len(splits.train)}"
+    if len(splits.train) != source_train:
+        train += f" (of {source_train})"
+    parts = [train]
+    if len(splits.carved_meta):
+        parts.append(f"carved meta {len(splits.carved_meta)}")
+    if splits.provided_meta is not None:
+        parts.append(f"meta split {len(splits.provided_meta)}")
+    parts.append(f"test {len(splits.test)}")
+    known = int((splits.train.true_labels >= 0).sum())
+    if known:
+        parts.append(f"true label known for {known} training samples")
+    return (f"data: {source} ({splits.num_classes} classes){subset}; synthetic bias: {bias.describe()}; "
+            f"{', '.join(parts)}")
 
 
 def shot_groups(train_counts: np.ndarray) -> dict[str, np.ndarray]:
