@@ -85,13 +85,18 @@ def parser() -> argparse.ArgumentParser:
     food.add_argument("--food101n-root", type=Path, required=True, help="the Food-101N_release folder")
     food.add_argument("--food101-root", type=Path, required=True, help="the food-101 folder")
 
-    folder = commands.add_parser("image-folder", parents=[prepare_options], help="images with '<path> <label>' lists")
+    folder = commands.add_parser(
+        "image-folder", parents=[prepare_options], help="images with '<path> <label> [<true label>]' lists"
+    )
     folder.add_argument("--images", type=Path, required=True, help="the folder the list paths are relative to")
     folder.add_argument("--train-list", type=Path, required=True)
     folder.add_argument("--meta-list", type=Path)
     folder.add_argument("--val-list", type=Path)
     folder.add_argument("--test-list", type=Path)
     folder.add_argument("--classes", type=Path, help="class names, one a line (default: the labels' numbers)")
+    folder.add_argument(
+        "--allow-empty-classes", action="store_true", help="without --classes, keep classes with no training samples"
+    )
 
     check = commands.add_parser("check", parents=[check_options], help="decode-check a prepared dataset")
     check.add_argument("--dataset", type=Path, required=True, help="a prepared dataset folder")
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.test_list,
                 args.classes,
                 args.skip_missing,
+                args.allow_empty_classes,
             )
         dataset, quarantined = result.dataset, result.quarantined
         if args.check or args.reencode:

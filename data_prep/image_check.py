@@ -60,7 +60,7 @@ def read_quarantine(folder: Path) -> list[QuarantinedImage]:
 
 def write_quarantine(folder: Path, entries: Iterable[QuarantinedImage]) -> None:
     with open(Path(folder) / QUARANTINE_FILE, "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["split", "path", "reason"])
         writer.writerows((entry.split, entry.path, entry.reason) for entry in entries)
 
@@ -225,7 +225,7 @@ class _ProgressLog:
             else:
                 print(f"{path}: written for other image roots; checking every image again", file=sys.stderr)
         self.file = open(path, "w", newline="")
-        self.writer = csv.writer(self.file)
+        self.writer = csv.writer(self.file, lineterminator="\n")
         # Rewritten rather than appended to: appending after a row cut short would corrupt the next row.
         self.writer.writerow(["#roots", *roots])
         self.writer.writerows(self.results.items())

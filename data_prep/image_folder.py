@@ -1,7 +1,9 @@
 """Labelled image lists to a prepared dataset: the generic image folder, and the assembly every preparer shares.
 
-A list file holds one `<relative path> <label>` line per image (whitespace- or comma-separated, `#`
-comments allowed). `prepare_image_folder` turns a folder of images and such lists (train, and optionally
+A list file holds one `<relative path> <label> [<true label>]` line per image, its fields separated by
+whitespace or by commas (a path with spaces needs commas), `#` comments allowed. The optional true label
+is what an audit found (-1 or empty: not audited); the noise detection of a run is scored on the audited
+samples. `prepare_image_folder` turns a folder of images and such lists (train, and optionally
 meta, val, test) into a PreparedDataset. The Clothing1M and Food-101N preparers read their official
 layouts into the same `ListedImage` lists and finish through `write_prepared_dataset`, which drops
 repeated paths, finds listed images that do not exist, and writes the dataset with its quarantine list
@@ -25,7 +27,7 @@ QUIRKS_FILE = "quirks.txt"
 MISSING_EXAMPLES = 5
 """How many missing images an error message names before it only counts the rest."""
 
-_LIST_LINE = re.compile(r"(?P<path>.*?\S)\s*(?:,|\s)\s*(?P<label>[-+]?\d+)")
+LIST_LINE_FORMAT = "'<relative path> <label> [<true label>]'"
 _COMMENT = re.compile(r"(^|\s)#.*$")
 
 
@@ -71,10 +73,12 @@ class PreparationResult:
     quirks: Quirks
 
 
-def check_label(label: int, num_classes: int | None, source: str) -> None:
+def check_label(label: int, num_classes: int | None, source: str, name: str = "label") -> None:
     """Labels are in [0, num_classes), or without a class list, at least 0."""
     if label < 0 or (num_classes is not None and label >= num_classes):
-        raise DataError(f"{source}: label {label} is outside [0, {num_classes if num_classes is not None else 'inf'})")
+        raise DataError(
+            f"{source}: {name} {label} is outside [0, {num_classes if num_classes is not None else 'inf'})"
+        )
 
 
 def relative_image_path(text: str, source: str) -> str:
@@ -97,17 +101,39 @@ def numbered_lines(list_file: Path) -> list[tuple[int, str]]:
     return lines
 
 
+def list_fields(text: str) -> list[str]:
+    """A list line's fields: split at commas if it has any (so paths may hold spaces), else at whitespace."""
+    if "," in text:
+        return [field.strip() for field in text.split(",")]
+    return text.split()
+
+
+def _integer(text: str, name: str, source: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"{source}: {name} {text!r} is not an integer; each line is {LIST_LINE_FORMAT}") from None
+
+
 def read_label_list(list_file: Path, num_classes: int | None) -> list[ListedImage]:
-    """The entries of a `<relative path> <label>` list; with `num_classes`, labels must be in [0, num_classes)."""
+    """The entries of a `<relative path> <label> [<true label>]` list; with `num_classes`, labels must be in
+    [0, num_classes). A missing, empty or -1 true label is UNKNOWN."""
     entries = []
     for line_number, text in numbered_lines(list_file):
         source = f"{list_file}:{line_number}"
-        match = _LIST_LINE.fullmatch(text)
-        if match is None:
-            raise DataError(f"{source}: expected '<relative path> <integer label>', found {text!r}")
-        label = int(match["label"])
+        fields = list_fields(text)
+        if len(fields) not in (2, 3):
+            raise DataError(
+                f"{source}: {len(fields)} field{'s' if len(fields) != 1 else ''} in {text!r}; each line is "
+                f"{LIST_LINE_FORMAT}" + (" (a path with spaces needs commas between fields)" if len(fields) > 3 else "")
+            )
+        label = _integer(fields[1], "label", source)
         check_label(label, num_classes, source)
-        entries.append(ListedImage(relative_image_path(match["path"], source), label, UNKNOWN, source))
+        true_label = UNKNOWN
+        if len(fields) == 3 and fields[2] not in ("", str(UNKNOWN)):
+            true_label = _integer(fields[2], "true label", source)
+            check_label(true_label, num_classes, source, "true label")
+        entries.append(ListedImage(relative_image_path(fields[0], source), label, true_label, source))
     return entries
 
 
@@ -213,6 +239,17 @@ def read_class_names(classes_file: Path, header: str | None = None) -> list[str]
     return names
 
 
+def class_table(class_names: list[str], splits: dict[str, list[ListedImage]]) -> str:
+    """Each class's name and its number of samples in every listed split, one class a line."""
+    names = [split for split in SPLITS if split in splits]
+    counts = {split: np.bincount([e.label for e in splits[split]], minlength=len(class_names)) for split in names}
+    width = max(len("class"), *(len(name) for name in class_names))
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{split:>6}" for split in names)]
+    for c, name in enumerate(class_names):
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[split][c]:>6}" for split in names))
+    return "\n".join(lines)
+
+
 def prepare_image_folder(
     images: Path,
     out: Path,
@@ -222,10 +259,13 @@ def prepare_image_folder(
     test_list: Path | None = None,
     classes_file: Path | None = None,
     skip_missing: bool = False,
+    allow_empty_classes: bool = False,
 ) -> PreparationResult:
-    """A prepared dataset from a folder of images and list files of `<relative path> <label>` lines.
+    """A prepared dataset from a folder of images and list files of `<relative path> <label> [<true label>]` lines.
 
-    Without `classes_file` (one class name a line), the classes are 0..max label, named by their number.
+    Without `classes_file` (one class name a line), the classes are 0..max label, named by their number: the
+    class table is printed, and a class with no training sample (a label typed wrong, say) stops the
+    preparation unless `allow_empty_classes`.
     """
     class_names = read_class_names(classes_file) if classes_file is not None else None
     num_classes = len(class_names) if class_names is not None else None
@@ -236,10 +276,22 @@ def prepare_image_folder(
         if list_file is not None
     }
     if class_names is None:
-        highest = max((entry.label for entries in splits.values() for entry in entries), default=-1)
+        highest = max((max(e.label, e.true_label) for entries in splits.values() for e in entries), default=-1)
         class_names = [str(label) for label in range(highest + 1)]
-    # The lists of a clean split are its true labels too.
+        print(class_table(class_names, splits))
+        train_counts = np.bincount([e.label for e in splits["train"]], minlength=len(class_names))
+        empty = [class_names[c] for c in np.flatnonzero(train_counts == 0)]
+        if empty and not allow_empty_classes:
+            raise DataError(
+                f"{train_list}: class{'es' if len(empty) > 1 else ''} {', '.join(empty)} of 0..{highest} "
+                f"{'have' if len(empty) > 1 else 'has'} no training samples (a wrong label?); name the classes "
+                f"with --classes, or pass --allow-empty-classes"
+            )
+    # The lists of a clean split are its true labels too, unless they say otherwise.
     for split in ("meta", "val", "test"):
         if split in splits:
-            splits[split] = [ListedImage(e.path, e.label, e.label, e.source) for e in splits[split]]
+            splits[split] = [
+                ListedImage(e.path, e.label, e.label if e.true_label == UNKNOWN else e.true_label, e.source)
+                for e in splits[split]
+            ]
     return write_prepared_dataset(out, class_names, Path(images), splits, Quirks(), skip_missing)

@@ -271,7 +271,10 @@ def test_train_key_with_no_noisy_label_is_a_reported_quirk(tmp_path: Path, capsy
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("class_0/0.png", "expected '<relative path> <integer label>'"),
+        ("class_0/0.png", "1 field in 'class_0/0.png'; each line is '<relative path> <label> [<true label>]'"),
+        ("class_0/0.png 0 1 2", "4 fields in 'class_0/0.png 0 1 2'; each line is"),
+        ("class_0/0.png zero", "label 'zero' is not an integer"),
+        ("class_0/0.png 0 9", "true label 9 is outside [0, 3)"),
         ("class_0/0.png 7", "label 7 is outside [0, 3)"),
         ("class_0/absent.png 0", "class_0/absent.png"),
         ("../outside.png 0", "must be relative to the image folder"),
@@ -304,3 +307,55 @@ def test_food101n_class_outside_the_class_list_names_file_and_line(
     )
     assert code == 2
     assert f"{root / 'food-101' / 'meta' / 'test.txt'}:2: class 'churros' is not in the class list" in err
+
+
+def test_prepared_files_have_lf_line_endings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = build_image_folder(tmp_path / "folder")
+    assert run_image_folder(capsys, root, tmp_path / "prepared", "--val-list", root / "val.csv", "--check")[0] == 0
+    for name in ("train.csv", "val.csv", "quarantine.csv", "classes.txt", CHECK_PROGRESS_FILE):
+        assert b"\r" not in (tmp_path / "prepared" / name).read_bytes(), name
+
+
+def test_image_folder_true_label_column_marks_the_audited_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = build_image_folder(tmp_path / "folder")
+    # An audit of three training images: one mislabeled (true class 2), one confirmed, one unresolved (-1); a
+    # comma-separated line with a space in its path; a val line whose true label differs from its given one.
+    (root / "images" / "class_1" / "with space.png").write_bytes((root / "images" / "class_1" / "0.png").read_bytes())
+    edit_line(root / "train.txt", 3, "class_0/0.png 0 2")
+    edit_line(root / "train.txt", 4, "class_0/1.png\t0\t0  # audited, correct")
+    edit_line(root / "train.txt", 5, "class_0/2.png 0 -1")
+    edit_line(root / "train.txt", 6, "class_1/with space.png, 1, ")
+    edit_line(root / "val.csv", 1, "class_0/3.png,0,1")
+    code, out, _ = run_image_folder(capsys, root, tmp_path / "prepared", "--val-list", root / "val.csv",
+                                    "--classes", root / "classes.txt")
+    assert code == 0
+    dataset = PreparedDataset.read(tmp_path / "prepared")
+    train = dataset.splits["train"]
+    assert train.paths[:4] == ["class_0/0.png", "class_0/1.png", "class_0/2.png", "class_1/with space.png"]
+    assert train.labels[:4].tolist() == [0, 0, 0, 1]
+    assert train.true_labels.tolist() == [2, 0] + [-1] * 7
+    assert dataset.splits["val"].true_labels.tolist() == [1, 1, 2]
+    assert "true label known for 2" in out
+
+
+def test_without_a_class_list_the_class_table_is_printed_and_an_empty_class_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = build_image_folder(tmp_path / "folder")
+    edit_line(root / "train.txt", 11, "class_2/2.png 4")  # a typo: class 2 meant, 4 written
+    code, out, err = run_image_folder(capsys, root, tmp_path / "prepared", "--val-list", root / "val.csv")
+    assert code == 2
+    table = out.splitlines()
+    assert table[0].split() == ["class", "train", "val"]
+    assert [line.split() for line in table[1:]] == [["0", "3", "1"], ["1", "3", "1"], ["2", "2", "1"],
+                                                     ["3", "0", "0"], ["4", "1", "0"]]
+    assert err.strip() == (f"error: {root / 'train.txt'}: class 3 of 0..4 has no training samples (a wrong label?); "
+                           "name the classes with --classes, or pass --allow-empty-classes")
+    assert not (tmp_path / "prepared").exists()
+
+    code, out, _ = run_image_folder(capsys, root, tmp_path / "prepared", "--val-list", root / "val.csv",
+                                    "--allow-empty-classes")
+    assert code == 0
+    assert PreparedDataset.read(tmp_path / "prepared").class_names == ["0", "1", "2", "3", "4"]

@@ -90,7 +90,7 @@ class SampleTable:
 
     def write_csv(self, path: Path) -> None:
         with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
+            writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["path", "label", "true_label"])
             writer.writerows(zip(self.paths, self.labels.tolist(), self.true_labels.tolist()))
 
