@@ -257,15 +257,20 @@ class MetaConfig:
     (the per_class lowest mean-probe-loss samples of each class; no clean data needed)."""
     per_class: int = 10
     """For `lowest_loss`: samples per class."""
-    normalize_weights: bool = False
-    """Divide the weights by their batch mean (over all ranks in `exact` mode), as Meta-Weight-Net's reference code
-    does: the meta step then learns relative weights instead of an overall larger step. Off: DESIGN.md's plain
-    mean_i G_i * L_i."""
+    weight_scale: str = "auto"
+    """What the weights are divided by before they weigh the loss: `dataset` (the mean weight over the training
+    set, estimated on scale_samples fixed samples; CurveNet only, its inputs being fixed per sample), `batch` (the
+    batch mean over all ranks, Meta-Weight-Net's original normalisation), `none` (DESIGN.md §5's plain mean) or
+    `auto`: `dataset` for CurveNet, `none` for Meta-Weight-Net (its reference code). Without a scale the meta
+    step can lower the meta loss by raising every weight (see docs/DESIGN.md)."""
+    scale_samples: int = 1024
+    """For weight_scale `dataset`: how many training samples estimate the mean weight (all, if fewer)."""
 
     def validate(self) -> None:
         _choice("meta.sync", self.sync, ("exact", "local"))
         _choice("meta.source", self.source, ("carved", "split", "lowest_loss"))
-        for key in ("lr", "interval", "batch_size", "per_class"):
+        _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch", "dataset"))
+        for key in ("lr", "interval", "batch_size", "per_class", "scale_samples"):
             _positive(f"meta.{key}", getattr(self, key))
 
 
@@ -308,10 +313,19 @@ class Config:
 
     def validate(self) -> None:
         _choice("method", self.method, ("curvenet", "mwnet", "ce"))
+        if self.meta.weight_scale == "dataset" and self.method == "mwnet":
+            raise ConfigError("meta.weight_scale='dataset' needs inputs fixed per sample (CurveNet's curves); "
+                              "Meta-Weight-Net's input is the current loss: use auto, batch or none")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
                 section.validate()
+
+    def weight_scale(self) -> str:
+        """meta.weight_scale with `auto` resolved for this method."""
+        if self.meta.weight_scale != "auto":
+            return self.meta.weight_scale
+        return "dataset" if self.method == "curvenet" else "none"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,6 +18,7 @@ from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.slmo import PartRange, split_layers
 from curvenet_dist.meta.virtual_step import virtual_sgd_step
+from curvenet_dist.meta.weight_scale import WeightScale
 from curvenet_dist.models.cifar_resnet import cifar_resnet
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 
@@ -34,6 +35,8 @@ def make_batch(seed: int, batch_size: int = 8, meta_batch_size: int = 6) -> dict
         "curves": torch.randn(batch_size, CURVE_LENGTH, generator=generator, dtype=torch.float64),
         "meta_images": torch.randn(meta_batch_size, 3, 8, 8, generator=generator, dtype=torch.float64),
         "meta_labels": torch.randint(0, NUM_CLASSES, (meta_batch_size,), generator=generator),
+        "reference_curves": torch.randn(20, CURVE_LENGTH, generator=generator, dtype=torch.float64),
+        "reference_labels": torch.randint(0, NUM_CLASSES, (20,), generator=generator),
     }
 
 
@@ -53,13 +56,17 @@ def make_run(weighting: str = "curvenet", nesterov: bool = False):
 
 
 def reference_step(model, weighting_net, classifier_optimizer, weighting_optimizer, skip_layers, batch,
-                   normalize: bool = False) -> None:
+                   scale: str = "none", virtual_rule: str = "optimizer") -> None:
     """A straightforward MW-Net iteration: a full functional forward for the virtual step with only the top
-    parameters updated, a full meta forward, then a fresh forward for the actual step. With `normalize`, the
-    weights are divided by their batch mean in both steps."""
+    parameters updated, a full meta forward, then a fresh forward for the actual step. `scale` divides the weights
+    by their batch mean, or by the mean weight of the reference curves, in both steps."""
 
     def weigh(weights):
-        return weights / weights.mean() if normalize else weights
+        if scale == "batch":
+            return weights / weights.mean()
+        if scale == "dataset":
+            return weights / weighting_net(batch["reference_curves"], batch["reference_labels"], None).mean()
+        return weights
 
     count = model.bottom_part_count(skip_layers)
     parameters = dict(model.named_parameters())
@@ -74,15 +81,18 @@ def reference_step(model, weighting_net, classifier_optimizer, weighting_optimiz
     top = [parameters[name] for name in top_names]
     grads = torch.autograd.grad((weights * losses).mean(), top, create_graph=True)
     group = classifier_optimizer.param_groups[0]
-    w_hat = virtual_sgd_step(
-        top,
-        list(grads),
-        [classifier_optimizer.state.get(param, {}).get("momentum_buffer") for param in top],
-        lr=group["lr"],
-        momentum=group["momentum"],
-        weight_decay=group["weight_decay"],
-        nesterov=group["nesterov"],
-    )
+    if virtual_rule == "sgd":
+        w_hat = [param - group["lr"] * grad for param, grad in zip(top, grads)]
+    else:
+        w_hat = virtual_sgd_step(
+            top,
+            list(grads),
+            [classifier_optimizer.state.get(param, {}).get("momentum_buffer") for param in top],
+            lr=group["lr"],
+            momentum=group["momentum"],
+            weight_decay=group["weight_decay"],
+            nesterov=group["nesterov"],
+        )
     meta_state = {**parameters, **dict(zip(top_names, w_hat)), **throwaway_buffers()}
     meta_loss = F.cross_entropy(functional_call(model, meta_state, (batch["meta_images"],)), batch["meta_labels"])
     weighting_parameters = list(weighting_net.parameters())
@@ -182,19 +192,26 @@ def test_split_layers_divides_parameters_and_buffers_by_part():
 # --- the meta iteration -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weighting", ["curvenet", "mwnet"])
+@pytest.mark.parametrize(
+    "weighting,scale,virtual_rule",
+    [("curvenet", "none", "optimizer"), ("curvenet", "batch", "optimizer"), ("curvenet", "dataset", "optimizer"),
+     ("mwnet", "none", "sgd"), ("mwnet", "batch", "optimizer")],
+)
 @pytest.mark.parametrize("skip_layers", [0, 2, 3])
-@pytest.mark.parametrize("normalize", [False, True])
-def test_fast_meta_iteration_matches_reference_mwnet_step(weighting, skip_layers, normalize):
+def test_fast_meta_iteration_matches_reference_mwnet_step(weighting, scale, virtual_rule, skip_layers):
     fast = make_run(weighting)
     reference = copy.deepcopy(fast)
-    iteration = MetaIteration(*fast, skip_layers=skip_layers, sync="exact", normalize_weights=normalize)
+    batch = make_batch(1)
+    weight_scale = WeightScale(scale, "exact", batch["reference_curves"], batch["reference_labels"])
+    iteration = MetaIteration(*fast, skip_layers=skip_layers, sync="exact", weight_scale=weight_scale,
+                              virtual_rule=virtual_rule)
     # Two iterations: the second's virtual step reads the momentum buffers the first left behind.
     for seed in (1, 2):
         batch = make_batch(seed)
+        batch["reference_curves"], batch["reference_labels"] = weight_scale.reference_curves, weight_scale.reference_labels
         result = step_with(iteration, batch)
-        reference_step(*reference, skip_layers, batch, normalize)
-        if normalize:
+        reference_step(*reference, skip_layers, batch, scale, virtual_rule)
+        if scale == "batch":
             assert result.weights.mean().item() == pytest.approx(1.0)
         fast_model, fast_weighting = fast[0], fast[1]
         reference_model, reference_weighting = reference[0], reference[1]
@@ -300,7 +317,7 @@ def test_exact_two_rank_meta_gradient_equals_one_process_on_the_union_batch(tmp_
     two_ranks = run_worker(2, tmp_path / "two_ranks")
     union = run_worker(1, tmp_path / "union")[0]
     for key in union:
-        sync, skip_layers, normalize = key
+        sync, skip_layers, scale = key
         rank0, rank1 = two_ranks[0][key], two_ranks[1][key]
         # Every rank ends with the same weighting-net gradient and the same classifier, in both modes.
         assert_same_tensors(rank0["weighting_grads"], rank1["weighting_grads"], rtol=0, atol=0)
@@ -312,4 +329,4 @@ def test_exact_two_rank_meta_gradient_equals_one_process_on_the_union_batch(tmp_
         else:
             local = torch.cat([grad.reshape(-1) for grad in rank0["weighting_grads"]])
             exact = torch.cat([grad.reshape(-1) for grad in union[key]["weighting_grads"]])
-            assert not torch.allclose(local, exact), f"local mode (skip_layers={skip_layers}, normalize={normalize}) should differ"
+            assert not torch.allclose(local, exact), f"local mode (skip_layers={skip_layers}, scale={scale}) should differ"

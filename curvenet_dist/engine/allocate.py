@@ -24,6 +24,7 @@ from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.engine.progress import Progress
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.meta_set import select_meta_set
+from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
 from curvenet_dist.tracking.report import write_allocate_report
@@ -89,8 +90,12 @@ class AllocateTrainer:
         self.weighting_optimizer = (torch.optim.Adam(self.weighting_net.parameters(), lr=config.meta.lr,
                                                      weight_decay=config.meta.weight_decay)
                                     if self.weighting_net is not None else None)
+        self.weight_scale = self._build_weight_scale()
+        # Each method's virtual step is its reference code's: CurveNet's follows the classifier's optimizer,
+        # Meta-Weight-Net's is a plain SGD step.
         self.iteration = MetaIteration(self.model, self.weighting_net, self.optimizer, self.weighting_optimizer,
-                                       self.skip_layers, config.meta.sync, config.meta.normalize_weights)
+                                       self.skip_layers, config.meta.sync, self.weight_scale,
+                                       virtual_rule="sgd" if self.method == "mwnet" else "optimizer")
 
         loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
         self.train_loader = build_loader(config.data, train, train=True, **loader_arguments)
@@ -114,6 +119,14 @@ class AllocateTrainer:
         settings = self.config.curvenet
         return CurveNet(self.curves.shape[1], self.splits.num_classes, settings.embedding_dim,
                         tuple(settings.curve_hidden), tuple(settings.head_hidden))
+
+    def _build_weight_scale(self) -> WeightScale:
+        mode = self.config.weight_scale()
+        if mode != "dataset":
+            return WeightScale(mode, self.config.meta.sync)
+        ids = reference_sample(len(self.splits.train), self.config.meta.scale_samples, self.config.run.seed)
+        labels = torch.from_numpy(self.splits.train.labels)[ids].to(self.context.device)
+        return WeightScale(mode, self.config.meta.sync, self.curves[ids.to(self.context.device)], labels)
 
     def _tags(self) -> dict[str, str]:
         bias = self.config.bias
@@ -202,12 +215,13 @@ class AllocateTrainer:
             self.weighting_net.requires_grad_(False)
             if self.method == "curvenet":
                 # A frozen CurveNet's weight depends only on the curve and label: compute all of them once.
-                fixed_weights = self.curvenet_weights()
+                fixed_weights = self.weight_scale.frozen(self.curvenet_weights())
         self.train_loader.set_epoch(epoch, start_batch)
         self.progress.start_epoch(epoch, len(self.train_loader) + start_batch)
         loss_sum = torch.zeros((), device=device)
         weight_sum = torch.zeros((), device=device)
-        meta_losses: list[float] = []
+        meta_loss_sum = torch.zeros((), device=device)
+        meta_updates = 0
         samples = 0
         self.model.train()
         for batch, (images, labels, ids) in enumerate(self.train_loader, start=start_batch):
@@ -223,15 +237,16 @@ class AllocateTrainer:
             loss_sum += result.losses.sum()
             weight_sum += result.weights.sum()
             if result.meta_loss is not None:
-                meta_losses.append(result.meta_loss)
+                meta_loss_sum += result.meta_loss
+                meta_updates += 1
             samples += len(labels)
             self.progress.step(batch, samples)
             if self.stop.agreed(batch + 1):
                 self._preempt(epoch, batch + 1, wall_s)
         samples = max(samples, 1)
         metrics = {"train_loss": float(loss_sum) / samples, "mean_weight": float(weight_sum) / samples, "lr": lr}
-        if meta_losses:
-            metrics["meta_loss"] = float(np.mean(meta_losses))
+        if meta_updates:
+            metrics["meta_loss"] = float(meta_loss_sum) / meta_updates
         return metrics
 
     def _evaluate(self) -> tuple[dict, np.ndarray]:

@@ -17,10 +17,12 @@ from torch.nn import functional as F
 from curvenet_dist.config import ConfigError
 from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_reduce_mean
 from curvenet_dist.meta.slmo import PartRange, split_layers
-from curvenet_dist.meta.virtual_step import virtual_optimizer_step
+from curvenet_dist.meta.virtual_step import virtual_optimizer_step, virtual_sgd_step
+from curvenet_dist.meta.weight_scale import WeightScale
 from curvenet_dist.models.staged import StagedNet
 
 SYNC_MODES = ("exact", "local")
+VIRTUAL_RULES = ("optimizer", "sgd")
 
 
 @dataclass
@@ -29,8 +31,9 @@ class IterationResult:
     """Per-sample cross-entropy of the train batch [B], detached."""
     weights: torch.Tensor
     """Per-sample weights [B] used by the actual step (from the updated weighting net)."""
-    meta_loss: float | None
-    """Meta-batch cross-entropy at w_hat, averaged over ranks; None when the weighting net was not updated."""
+    meta_loss: torch.Tensor | None
+    """Meta-batch cross-entropy at w_hat, averaged over ranks (a 0-d tensor, left on the device so the hot path
+    never waits for it); None when the weighting net was not updated."""
 
 
 def _cloned(buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -49,12 +52,18 @@ class MetaIteration:
         weighting_optimizer: torch.optim.Optimizer | None,
         skip_layers: int,
         sync: str = "exact",
-        normalize_weights: bool = False,
+        weight_scale: WeightScale | None = None,
+        virtual_rule: str = "optimizer",
     ):
+        """`virtual_rule`: `optimizer` moves w_hat as the classifier's SGD would (momentum, weight decay, Nesterov;
+        CurveNet's reference code, through `higher`); `sgd` is Meta-Weight-Net's reference virtual step, plain
+        w - lr * g at the current LR."""
         if not isinstance(model, StagedNet):
             raise TypeError(f"MetaIteration needs the bare StagedNet classifier (not DDP-wrapped), got {type(model)}")
         if sync not in SYNC_MODES:
             raise ConfigError(f"meta.sync={sync!r} is not allowed; choose one of: {', '.join(SYNC_MODES)}")
+        if virtual_rule not in VIRTUAL_RULES:
+            raise ValueError(f"virtual_rule={virtual_rule!r}; choose one of: {', '.join(VIRTUAL_RULES)}")
         if weighting_net is not None and weighting_optimizer is None:
             raise ValueError("a weighting net needs a weighting optimizer")
         self.model = model
@@ -62,7 +71,8 @@ class MetaIteration:
         self.classifier_optimizer = classifier_optimizer
         self.weighting_optimizer = weighting_optimizer
         self.sync = sync
-        self.normalize_weights = normalize_weights
+        self.scale = weight_scale or WeightScale("none", sync)
+        self.virtual_rule = virtual_rule
         self.split = split_layers(model, skip_layers)
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
         self.top = PartRange(model, self.split.bottom_part_count)
@@ -99,11 +109,11 @@ class MetaIteration:
 
         with torch.no_grad():
             if fixed_weights is not None:
-                weights = self._normalized(fixed_weights)
+                weights = fixed_weights
             elif self.weighting_net is None:
                 weights = torch.ones_like(losses)
             else:
-                weights = self._normalized(self.weighting_net(curves, labels, losses.detach()))
+                weights = self.scale(self.weighting_net(curves, labels, losses.detach()), self.weighting_net)
         (weights * losses).mean().backward()
         # The classifier is not wrapped in DDP: its forwards go through PartRange and functional_call, and DDP's
         # gradient hooks only fire for a forward through the DDP module itself. So average the gradients here,
@@ -120,19 +130,25 @@ class MetaIteration:
         curves: torch.Tensor | None,
         meta_images: torch.Tensor,
         meta_labels: torch.Tensor,
-    ) -> float:
+    ) -> torch.Tensor:
         top_parameters = self.virtual_parameters
         # Virtual step (paper eq. 11) on the top parameters only (SLMO).
-        weights = self._normalized(self.weighting_net(curves, labels, losses.detach()))
+        weights = self.scale(self.weighting_net(curves, labels, losses.detach()), self.weighting_net)
         virtual_grads = torch.autograd.grad(
             (weights * losses).mean(), list(top_parameters.values()), create_graph=True, retain_graph=True
         )
         if self.sync == "exact":
             # Equal batch sizes per rank: the mean of rank means is the union batch's mean gradient.
             virtual_grads = differentiable_all_reduce_mean(list(virtual_grads))
-        updated = virtual_optimizer_step(
-            self.classifier_optimizer, top_parameters, dict(zip(top_parameters, virtual_grads))
-        )
+        if self.virtual_rule == "optimizer":
+            updated = virtual_optimizer_step(
+                self.classifier_optimizer, top_parameters, dict(zip(top_parameters, virtual_grads))
+            )
+        else:
+            lr = self.classifier_optimizer.param_groups[0]["lr"]
+            values = virtual_sgd_step(list(top_parameters.values()), list(virtual_grads),
+                                      [None] * len(virtual_grads), lr)
+            updated = dict(zip(top_parameters, values))
 
         # Meta step. Cloned buffers take the in-place running-statistics update of these throwaway passes.
         with torch.no_grad():
@@ -147,21 +163,4 @@ class MetaIteration:
         for param, grad in zip(weighting_parameters, weighting_grads):
             param.grad = grad
         self.weighting_optimizer.step()
-        return meta_loss_value.item()
-
-    def _normalized(self, weights: torch.Tensor) -> torch.Tensor:
-        """With normalize_weights, weights divided by their batch mean (Meta-Weight-Net's normalisation): the
-        weighted loss keeps the plain loss's scale, so the meta step learns which samples matter rather than a
-        larger overall step. In exact mode the mean is over the union of all ranks' batches."""
-        if not self.normalize_weights:
-            return weights
-        mean = weights.mean().reshape(1)
-        if self.sync == "exact":
-            mean = differentiable_all_reduce_mean([mean])[0] if weights.requires_grad else _global_mean(mean)
-        return weights / mean.clamp_min(1e-12)
-
-
-def _global_mean(value: torch.Tensor) -> torch.Tensor:
-    value = value.clone()
-    all_reduce_mean_([value])
-    return value
+        return meta_loss_value[0]

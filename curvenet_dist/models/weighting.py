@@ -1,6 +1,6 @@
 """Weighting networks G of the allocate stage: CurveNet (loss curve + label) and the Meta-Weight-Net baseline.
 
-Both share one call, `forward(curves [B, D], labels [B], losses [B]) -> weights [B]` in (0, 1), so the trainer
+Both share one call, `forward(curves [B, D], labels [B], losses [B]) -> weights [B]` (positive), so the trainer
 treats them alike; each ignores the inputs it does not use.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# sigmoid(4.5) ~= 0.989: the reference code starts every sample's weight near 1, i.e. near plain CE.
-INITIAL_OUTPUT_BIAS = 4.5
+# The reference code's floor on every weight (CurveNet's output is sigmoid(.) + 0.02): no sample is ever ignored.
+WEIGHT_FLOOR = 0.02
 
 
 def _relu_mlp(sizes: list[int]) -> nn.Sequential:
@@ -40,7 +40,11 @@ class CurveNet(nn.Module):
                 nn.init.xavier_normal_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.xavier_uniform_(self.label_embedding.weight)
-        nn.init.constant_(self.head[-1].bias, INITIAL_OUTPUT_BIAS)
+        # Every sample starts at the same weight, at the sigmoid's steepest point. The reference code starts at
+        # sigmoid(4.5) = 0.99, where a weight moves 23x less per step: within a small dataset's meta budget the
+        # weights then never separate (docs/DESIGN.md, departures). With a zero last layer, the first Adam step
+        # moves the output layer and the hidden layers follow from the second.
+        nn.init.zeros_(self.head[-1].weight)
 
     def forward(self, curves: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         if curves is None or curves.dim() != 2 or curves.shape[1] != self.curve_length:
@@ -49,8 +53,9 @@ class CurveNet(nn.Module):
                 f"CurveNet was built for curves of length {self.curve_length} "
                 f"(probe.epochs - curvenet.skip_epochs) but got curves of shape {shape}"
             )
-        features = self.curve_branch(curves) + self.label_embedding(labels)
-        return torch.sigmoid(self.head(features)).squeeze(1)
+        # The reference code adds the label embedding twice: the same as one embedding learning at twice the rate.
+        features = self.curve_branch(curves) + 2 * self.label_embedding(labels)
+        return torch.sigmoid(self.head(features)).squeeze(1) + WEIGHT_FLOOR
 
 
 class MetaWeightNet(nn.Module):

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from curvenet_dist.meta.meta_iteration import MetaIteration
+from curvenet_dist.meta.weight_scale import WeightScale
 from curvenet_dist.models.staged import ClassifierHead, StagedNet
 from curvenet_dist.models.weighting import CurveNet
 
@@ -50,7 +51,7 @@ def main() -> None:
     shard = {name: batch.chunk(world)[rank] for name, batch in global_batches().items()}
 
     results = {}
-    for sync, skip_layers, normalize in itertools.product(("exact", "local"), (0, 1), (False, True)):
+    for sync, skip_layers, scale in itertools.product(("exact", "local"), (0, 1), ("none", "batch", "dataset")):
         model = small_net_without_batchnorm()
         torch.manual_seed(2)
         weighting_net = CurveNet(CURVE_LENGTH, NUM_CLASSES, embedding_dim=8, curve_hidden=(8,), head_hidden=(8,))
@@ -62,15 +63,16 @@ def main() -> None:
             torch.optim.Adam(weighting_net.parameters(), lr=1e-3),
             skip_layers=skip_layers,
             sync=sync,
-            normalize_weights=normalize,
+            # The dataset scale's reference samples are the same on every rank: the global batch's curves.
+            weight_scale=WeightScale(scale, sync, global_batches()["curves"], global_batches()["labels"]),
         )
         result = iteration.step(
             shard["images"], shard["labels"], shard["curves"], shard["meta_images"], shard["meta_labels"], True
         )
-        results[(sync, skip_layers, normalize)] = {
+        results[(sync, skip_layers, scale)] = {
             "weighting_grads": [param.grad.clone() for param in weighting_net.parameters()],
             "classifier_parameters": [param.detach().clone() for param in model.parameters()],
-            "meta_loss": result.meta_loss,
+            "meta_loss": result.meta_loss.item(),
         }
     torch.save(results, args.out / f"rank{rank}.pt")
     dist.destroy_process_group()
