@@ -1,20 +1,29 @@
 """Figures written into the run folder (and logged as artifacts)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def pyplot():
+    """matplotlib.pyplot with the file-only backend, imported on first use: it costs seconds of every start-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_loss_curves(loss: np.ndarray, labels: np.ndarray, true_labels: np.ndarray, path: Path) -> Path | None:
-    """Mean ± std loss curve of clean vs mislabeled samples of the head and the tail class (paper Fig. 1).
-    Returns None when true labels are unknown or no class holds both kinds."""
-    if (true_labels < 0).any():
-        return None
+    """Mean ± std loss curve of clean vs mislabeled samples of the head and the tail class (paper Fig. 1), over
+    the samples whose true label is known. Returns None when no class holds both kinds."""
+    known = true_labels >= 0
+    loss, labels, true_labels = loss[known], labels[known], true_labels[known]
+    plt = pyplot()
     noisy = labels != true_labels
     counts = np.bincount(labels)
     usable = [c for c in np.argsort(-counts) if noisy[labels == c].any() and (~noisy[labels == c]).any()]
@@ -42,6 +51,7 @@ def plot_loss_curves(loss: np.ndarray, labels: np.ndarray, true_labels: np.ndarr
 def plot_weights_by_class(weights: np.ndarray, labels: np.ndarray, mislabeled: np.ndarray, class_names: list[str],
                           path: Path) -> Path:
     """Per given class, the weight distribution of clean vs mislabeled samples (paper Fig. 5)."""
+    plt = pyplot()
     counts = np.bincount(labels, minlength=len(class_names))
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(class_names)), 3.8))
     for kind, offset, color, mask in (("clean", -0.18, "tab:blue", ~mislabeled), ("mislabeled", 0.18, "tab:orange", mislabeled)):
@@ -64,6 +74,7 @@ def plot_weights_by_class(weights: np.ndarray, labels: np.ndarray, mislabeled: n
 
 def plot_confusion_matrix(true: np.ndarray, predicted: np.ndarray, class_names: list[str], path: Path) -> Path:
     """Row-normalised test confusion matrix (paper Fig. 6)."""
+    plt = pyplot()
     size = len(class_names)
     matrix = np.zeros((size, size))
     np.add.at(matrix, (true, predicted), 1)
@@ -76,6 +87,27 @@ def plot_confusion_matrix(true: np.ndarray, predicted: np.ndarray, class_names: 
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_suspects(images: list[Path], captions: list[str], path: Path, columns: int = 6) -> Path:
+    """The suspects' images in a grid, most suspect first, each under its caption."""
+    plt = pyplot()
+    rows = max(1, math.ceil(len(images) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.1 * columns, 2.6 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for rank, (axis, image_path, caption) in enumerate(zip(axes.flat, images, captions), start=1):
+        try:
+            with Image.open(image_path) as image:
+                axis.imshow(np.asarray(image.convert("RGB")), interpolation="nearest")
+        except (OSError, UnidentifiedImageError):
+            axis.text(0.5, 0.5, "image\nunreadable", ha="center", va="center", transform=axis.transAxes)
+        axis.set_title(f"#{rank}: {caption}", fontsize=7.5, loc="left")
+    figure.suptitle("Suspected label errors, most likely first", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

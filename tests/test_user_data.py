@@ -1,0 +1,81 @@
+"""A user's own labelled image folder end to end: data_prep image-folder with an audited true-label column, then
+probe and CurveNet on 2 ranks through torchrun with configs/prepared.yaml, as README's "Bringing data" shows."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
+
+from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.data.sample_table import PreparedDataset
+from tests.conftest import REPO, TINY, torchrun
+
+pytestmark = pytest.mark.slow
+PREPARED = str(REPO / "configs" / "prepared.yaml")
+ALLOCATE = ["allocate.epochs=3", "allocate.milestones=[2]", "curvenet.skip_epochs=1", "meta.batch_size=20",
+            "slmo.skip_layers=2"]
+
+
+def digits_folder(root, rng):
+    """Digits as 8x8 PNGs; a long-tailed training list with 30% wrong labels, true labels given for every other
+    training line; clean meta (5 per class) and test (15 per class) lists. Returns the training rows."""
+    digits = load_digits()
+    train_lines, meta_lines, test_lines, rows = [], [], [], []
+    for label in range(10):
+        ids = rng.permutation(np.flatnonzero(digits.target == label))
+        (root / "images" / str(label)).mkdir(parents=True)
+        for position, sample in enumerate(ids[: 20 + 60 - 5 * label]):
+            path = f"{label}/{sample}.png"
+            Image.fromarray((digits.images[sample] * 15).astype(np.uint8), "L").save(root / "images" / path)
+            if position < 5:
+                meta_lines.append(f"{path} {label}")
+            elif position < 20:
+                test_lines.append(f"{path} {label}")
+            else:
+                given = int(rng.integers(0, 10)) if rng.random() < 0.3 else label
+                audited = len(rows) % 2 == 0
+                train_lines.append(f"{path} {given} {label}" if audited else f"{path} {given}")
+                rows.append((given, label if audited else -1))
+    for name, lines in (("train", train_lines), ("meta", meta_lines), ("test", test_lines)):
+        (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(tmp_path):
+    root = tmp_path / "mine"
+    rows = digits_folder(root, np.random.default_rng(0))
+    prepared = tmp_path / "prepared"
+    subprocess.run([sys.executable, "-m", "data_prep", "image-folder", "--images", str(root / "images"),
+                    "--train-list", str(root / "train.txt"), "--meta-list", str(root / "meta.txt"),
+                    "--test-list", str(root / "test.txt"), "--out", str(prepared)],
+                   cwd=REPO, check=True, capture_output=True, text=True)
+    dataset = PreparedDataset.read(prepared)
+    given, true = np.array(rows).T
+    assert dataset.splits["train"].labels.tolist() == given.tolist()
+
+    data = [f"data.path={prepared}", "data.num_workers=0", *TINY]
+    probe_dir, curvenet_dir = tmp_path / "probe", tmp_path / "curvenet"
+    result = torchrun("probe.py", 2, ["--config", PREPARED, f"run.dir={probe_dir}", *data, "probe.epochs=4"])
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("data: ")]
+    assert line == (f"data: prepared {prepared} (10 classes); synthetic bias: none; train {len(rows)}, meta split 50, "
+                    f"test 150, true label known for {(true >= 0).sum()} training samples")
+    store = CurveStore.open(probe_dir / "curves.zarr", mode="r")
+    assert store.labels.tolist() == given.tolist() and store.true_labels.tolist() == true.tolist()
+    assert (probe_dir / "loss_curves.png").is_file(), "Fig. 1 from the audited samples"
+
+    result = torchrun("allocate.py", 2, ["--config", PREPARED, f"probe.dir={probe_dir}", f"run.dir={curvenet_dir}",
+                                         "method=curvenet", *data, *ALLOCATE])
+    metrics = json.loads((curvenet_dir / "metrics.json").read_text())
+    audited = true >= 0
+    weights = np.load(curvenet_dir / "weights.npy")
+    assert metrics["noise_scored_samples"] == audited.sum() < len(rows)
+    assert metrics["noise_auroc"] == pytest.approx(roc_auc_score(given[audited] != true[audited], 1 - weights[audited]))
+    assert f"noise detection scored on the {audited.sum()} of {len(rows)} training samples" in result.stdout
+    for figure in ("weights_by_class.png", "suspects.png"):
+        assert (curvenet_dir / figure).is_file()
