@@ -2,8 +2,7 @@
 run.dir=PATH method=curvenet|mwnet|ce [key=value ...]`."""
 import sys
 
-from curvenet_dist.engine.allocate import AllocateTrainer
 from curvenet_dist.engine.launch import run_stage
 
 if __name__ == "__main__":
-    run_stage(AllocateTrainer, sys.argv[1:], "allocate")
+    run_stage("allocate", sys.argv[1:])

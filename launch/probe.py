@@ -2,7 +2,6 @@
 import sys
 
 from curvenet_dist.engine.launch import run_stage
-from curvenet_dist.engine.probe import ProbeTrainer
 
 if __name__ == "__main__":
-    run_stage(ProbeTrainer, sys.argv[1:], "probe")
+    run_stage("probe", sys.argv[1:])

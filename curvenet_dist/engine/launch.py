@@ -1,20 +1,33 @@
-"""What every entry point in launch/ does: parse, set up the process group, build the trainer, run it.
+"""What every entry point in launch/ does: check the config, set up the process group, build the trainer, run it;
+and `torchrun_stage`, which runs a stage under torchrun for the project's own drivers (quickstart, benchmarks).
 
-Bad input stops with one line naming the file, key or sample instead of a traceback.
+Exit status of a stage's worker process:
+  0    done.
+  2    bad input (config, data, curve store, checkpoint, run folder): one `error: ...` line naming the file, key or
+       sample, printed by the job's first process only and recorded for torchrun's failure summary, which shows
+       it as the root cause.
+  143  stopped by SIGTERM after saving its position: the same command resumes.
+torchrun itself exits 1 whenever a worker fails; `torchrun_stage` turns that back into 2 (with the error line as
+the last line printed) or 143 (with the resume hint as the last line).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 from curvenet_dist.config import Config, ConfigError, load_config
-from curvenet_dist.curves.store import CurveStoreError
-from curvenet_dist.data.sample_table import DataError
-from curvenet_dist.engine.checkpoint import CheckpointError
-from curvenet_dist.engine.distributed import setup_distributed, teardown_distributed
-from curvenet_dist.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 
-USER_ERRORS = (ConfigError, DataError, CurveStoreError, CheckpointError)
+TRAINERS = {"probe": "curvenet_dist.engine.probe:ProbeTrainer",
+            "allocate": "curvenet_dist.engine.allocate:AllocateTrainer"}
+USER_ERROR_EXIT_CODE = 2
 
 
 def parse_config(argv: list[str], stage: str) -> Config:
@@ -28,34 +41,137 @@ def parse_config(argv: list[str], stage: str) -> Config:
     return load_config(arguments.config, arguments.overrides)
 
 
-def run_stage(trainer_class, argv: list[str], stage: str) -> None:
-    context = None
+def check_run_dir(folder: Path) -> None:
+    """The run folder exists (made if need be) and a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A real write, not os.access: root passes access checks on folders it cannot write (read-only mounts).
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"run.dir={folder}: cannot write there ({error.strerror or error})") from None
+
+
+def error_line(error: BaseException) -> str:
+    # A DataLoader worker's error arrives with the worker's traceback folded into its message: its last line is ours.
+    return f"error: {str(error).strip().splitlines()[-1]}"
+
+
+def report_error(line: str, speak: bool, record: bool) -> None:
+    """Print `line` (if this process speaks for the job) and record it where torchrun's summary reads it."""
+    if speak:
+        print(line, file=sys.stderr, flush=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if record and error_file:
+        # The layout torch.distributed.elastic's ErrorHandler writes; the summary shows py_callstack.
+        message = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}
+        Path(error_file).write_text(json.dumps({"message": message}))
+
+
+def first_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def run_stage(stage: str, argv: list[str]) -> None:
+    """Run launch/<stage>.py's work in this process; exits with the status the module docstring lists."""
     try:
         config = parse_config(argv, stage)
+        check_run_dir(Path(config.run.dir))
+    except ConfigError as error:
+        # Every process of the job reads the same command line: the first speaks (and records) for all.
+        report_error(error_line(error), speak=first_process(), record=first_process())
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+    # Loaded only now: torch, the trainers and MLflow take many seconds to import, a bad key is reported at once.
+    from curvenet_dist.curves.store import CurveStoreError
+    from curvenet_dist.data.sample_table import DataError
+    from curvenet_dist.engine.checkpoint import CheckpointError
+    from curvenet_dist.engine.distributed import setup_distributed, teardown_distributed
+    from curvenet_dist.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+    from curvenet_dist.tracking.mlflow_tracker import end_active_run
+
+    module, name = TRAINERS[stage].split(":")
+    trainer_class = getattr(importlib.import_module(module), name)
+    context = None
+    try:
         context = setup_distributed(config.run.device)
         trainer_class(config, context).run()
-    except USER_ERRORS as error:
-        if context is None or context.rank == 0 or isinstance(error, DataError):
-            # A DataLoader worker's error arrives with the worker's traceback folded into its message.
-            print(f"error: {str(error).strip().splitlines()[-1]}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except (ConfigError, DataError, CurveStoreError, CheckpointError) as error:
+        end_active_run("FAILED")
+        first = context.rank == 0 if context is not None else first_process()
+        # Most errors are the same on every rank; a DataError may be one rank's alone (its DataLoader's).
+        report_error(error_line(error), speak=first, record=first or isinstance(error, DataError))
+        sys.exit(USER_ERROR_EXIT_CODE)
     except Preempted:
+        end_active_run("KILLED")
         sys.exit(PREEMPTED_EXIT_CODE)
+    except BaseException:
+        end_active_run("FAILED")
+        raise
     finally:
         teardown_distributed()
 
 
+def recorded_error(error_file: Path) -> str | None:
+    """The `error: ...` line a failed torchrun recorded (its root-cause worker's), if the failure was bad input."""
+    try:
+        message = json.loads(error_file.read_text())["message"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    line = message.get("message", "") if isinstance(message, dict) else message
+    return line if isinstance(line, str) and line.startswith("error: ") else None
+
+
 def torchrun_stage(nproc: int, stage: str, arguments: list[str], quiet: bool = False) -> None:
-    """Run launch/<stage>.py under torchrun in a child process, as a user would; exit with a hint on failure."""
-    import subprocess
-    from pathlib import Path
+    """Run launch/<stage>.py under torchrun in a child process, as a user would. On failure, exit with the stage's
+    error line (status 2), the resume hint after SIGTERM (143), or the status and a hint otherwise; the line
+    is the last thing printed."""
+    try:
+        # Checked here first: a bad key stops the driver at once instead of after torchrun's start-up.
+        check_run_dir(Path(parse_config(arguments, stage).run.dir))
+    except ConfigError as error:
+        print(error_line(error), file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    from curvenet_dist.engine.preemption import PREEMPTED_EXIT_CODE
 
     script = Path(__file__).resolve().parents[2] / "launch" / f"{stage}.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                str(script), *arguments]
     if not quiet:
         print(f"$ {' '.join(command)}", flush=True)
-    result = subprocess.run(command, capture_output=quiet, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{stage} failed (exit {result.returncode}); rerun the same command to resume"
-                 + (f"\n{result.stderr[-3000:]}" if quiet else ""))
+    with tempfile.TemporaryDirectory(prefix="torchrun-") as folder:
+        error_file = Path(folder) / "error.json"
+        # torchrun gets its own session, so a signal reaches it once, from here: a second SIGTERM would cut short
+        # its wait for the workers to save.
+        process = subprocess.Popen(command, env={**os.environ, "TORCHELASTIC_ERROR_FILE": str(error_file)},
+                                   start_new_session=True, text=True,
+                                   stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE if quiet else None)
+        signalled = []
+
+        def forward(signum, frame) -> None:
+            if not signalled:
+                # SIGTERM for Ctrl-C too: the workers save their position on SIGTERM.
+                process.send_signal(signal.SIGTERM)
+            signalled.append(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            _, stderr = process.communicate()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        if process.returncode == 0:
+            return
+        line = recorded_error(error_file)
+        if quiet and stderr and line is None:
+            print(stderr[-3000:], file=sys.stderr)
+        if signalled:
+            print(f"{stage} stopped by {signal.Signals(signalled[0]).name} after saving; rerun the same command to "
+                  f"resume", file=sys.stderr, flush=True)
+            sys.exit(PREEMPTED_EXIT_CODE)
+        if line is not None:
+            print(line, file=sys.stderr, flush=True)
+            sys.exit(USER_ERROR_EXIT_CODE)
+        print(f"error: {stage} failed (torchrun exit {process.returncode}); rerun the same command to resume",
+              file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -1,15 +1,16 @@
 """MLflow tracking, used by rank 0 only; other ranks get a tracker that does nothing.
 
 The run id is kept in the run folder, so a resumed stage logs into the same MLflow run, and epochs that were
-already logged before a crash are not logged twice.
+already logged before a crash are not logged twice. A run that stops on an error ends FAILED, one stopped by
+SIGTERM ends KILLED (and is RUNNING again when it resumes).
+
+MLflow is imported when a tracker is made: it takes seconds, and runs without tracking never need it.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
-
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
 from curvenet_dist.config import Config
 
@@ -33,8 +34,26 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
+_active: Tracker | None = None
+"""The run this process logs to until it finishes: a process runs one stage, so one run at a time."""
+
+
+def end_active_run(status: str) -> None:
+    """Mark the run this process was logging to, if it did not finish, as `status` (FAILED or KILLED)."""
+    if _active is None:
+        return
+    try:
+        _active.finish(status)
+    except Exception as error:  # the tracking server may be what failed; the stage's own error matters more
+        print(f"note: could not mark MLflow run {_active.run_id} {status}: {error}", file=sys.stderr, flush=True)
+
+
 class MlflowTracker(Tracker):
     def __init__(self, config: Config, run_dir: Path, stage: str, tags: dict[str, str]):
+        global _active
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
         self.uri = config.tracking.uri or default_tracking_uri(run_dir)
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment = self.client.get_experiment_by_name(config.tracking.experiment)
@@ -60,8 +79,11 @@ class MlflowTracker(Tracker):
                 self.client.log_batch(self.run_id, params=params[start : start + 100])
             id_file.write_text(self.run_id)
         self.ui_hint = f"MLflow run {self.run_id} in experiment '{config.tracking.experiment}' at {self.uri}"
+        _active = self
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
         fresh = [Metric(key, float(value), 0, step) for key, value in metrics.items()
                  if step not in self.logged_steps.get(key, set())]
         if fresh:
@@ -71,10 +93,15 @@ class MlflowTracker(Tracker):
         self.client.log_artifact(self.run_id, str(path))
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def finish(self, status: str = "FINISHED") -> None:
+        global _active
         self.client.set_terminated(self.run_id, status=status)
+        if _active is self:
+            _active = None
 
 
 def build_tracker(config: Config, run_dir: Path, stage: str, tags: dict[str, str], is_main: bool) -> Tracker:
