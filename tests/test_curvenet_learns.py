@@ -16,6 +16,7 @@ from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.weight_scale import WeightScale
 from curvenet_dist.models.staged import ClassifierHead, StagedNet
 from curvenet_dist.models.weighting import CurveNet
+from curvenet_dist.tracking.report import class_relative, noise_detection_scores, suspect_order
 
 NUM_CLASSES, PER_CLASS, EPOCHS, SKIP_EPOCHS = 4, 150, 15, 2
 BATCH, META_PER_CLASS = 64, 10
@@ -111,3 +112,14 @@ def test_the_dataset_scale_cannot_drift_to_all_weights_one(biased_data):
     assert effective.mean() == pytest.approx(1.0, abs=1e-5)
     assert np.quantile(effective, 0.1) < 0.5 < 1.2 < np.quantile(effective, 0.9)
     assert noise_auroc(effective, biased_data) >= 0.9
+
+
+def test_noise_is_scored_on_the_weight_relative_to_its_class():
+    # A tail class weighted up as a whole (rebalancing) is not evidence about noise: within each class the
+    # mislabeled sample has the lowest weight, and the class-relative weight ranks it first.
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    weights = np.array([0.20, 0.20, 0.05, 0.90, 0.90, 0.30])
+    mislabeled = np.array([False, False, True, False, False, True])
+    assert noise_detection_scores(weights, mislabeled)["noise_auroc"] < 1.0
+    assert noise_detection_scores(class_relative(weights, labels), mislabeled)["noise_auroc"] == 1.0
+    assert suspect_order(weights, labels, labels)[:2].tolist() == [2, 5]

@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.sample_table import PreparedDataset
+from curvenet_dist.tracking.report import class_relative
 from tests.conftest import REPO, TINY, torchrun
 
 pytestmark = pytest.mark.slow
@@ -75,7 +76,9 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     audited = true >= 0
     weights = np.load(curvenet_dir / "weights.npy")
     assert metrics["noise_scored_samples"] == audited.sum() < len(rows)
-    assert metrics["noise_auroc"] == pytest.approx(roc_auc_score(given[audited] != true[audited], 1 - weights[audited]))
+    relative = class_relative(weights, given)
+    assert metrics["noise_auroc"] == pytest.approx(roc_auc_score(given[audited] != true[audited], -relative[audited]))
+    assert metrics["noise_auroc_raw"] == pytest.approx(roc_auc_score(given[audited] != true[audited], -weights[audited]))
     assert f"noise detection scored on the {audited.sum()} of {len(rows)} training samples" in result.stdout
     for figure in ("weights_by_class.png", "suspects.png"):
         assert (curvenet_dir / figure).is_file()

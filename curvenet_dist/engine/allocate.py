@@ -73,6 +73,12 @@ class AllocateTrainer:
         self.meta_table = select_meta_set(config.meta, self.splits, store) if self.method != "ce" else None
         if self.meta_table is not None:
             check_images_exist(self.meta_table, "meta", context)
+        # Where true labels are known (synthetic noise, audited samples), the epoch's mean weight of clean and of
+        # mislabeled samples is logged: how the weights separate over epochs, not only at the end.
+        true_labels = train.true_labels
+        self.mislabeled = (torch.from_numpy((true_labels >= 0) & (true_labels != train.labels)).to(device)
+                           if (true_labels >= 0).any() else None)
+        self.audited = torch.from_numpy(true_labels >= 0).to(device)
         self.curves = None
         if self.method == "curvenet":
             features = class_normalized_curves(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
@@ -195,7 +201,7 @@ class AllocateTrainer:
                          "confusion_matrix.png"):
                 if (self.run_dir / name).exists():
                     tracker.log_artifact(self.run_dir / name)
-            tracker.log_metrics({k: v for k, v in result.items() if k in ("noise_auroc", "noise_ap", "wall_s")},
+            tracker.log_metrics({k: v for k, v in result.items() if k in ("noise_auroc", "noise_auroc_raw", "noise_ap", "wall_s")},
                                 step=config.allocate.epochs)
             tracker.finish()
             auroc = f", weights' noise AUROC {result['noise_auroc']:.3f}" if "noise_auroc" in result else ""
@@ -221,6 +227,9 @@ class AllocateTrainer:
         loss_sum = torch.zeros((), device=device)
         weight_sum = torch.zeros((), device=device)
         meta_loss_sum = torch.zeros((), device=device)
+        # [clean, mislabeled] weight sums and counts over the epoch's audited samples.
+        group_weight_sums = torch.zeros(2, device=device)
+        group_counts = torch.zeros(2, device=device)
         meta_updates = 0
         samples = 0
         self.model.train()
@@ -236,6 +245,12 @@ class AllocateTrainer:
                                              fixed_weights=None if fixed_weights is None else fixed_weights[ids.to(device)])
             loss_sum += result.losses.sum()
             weight_sum += result.weights.sum()
+            if self.mislabeled is not None:
+                ids = ids.to(device)
+                group = self.mislabeled[ids].long()
+                audited = self.audited[ids].float()
+                group_weight_sums.index_add_(0, group, result.weights * audited)
+                group_counts.index_add_(0, group, audited)
             if result.meta_loss is not None:
                 meta_loss_sum += result.meta_loss
                 meta_updates += 1
@@ -247,6 +262,9 @@ class AllocateTrainer:
         metrics = {"train_loss": float(loss_sum) / samples, "mean_weight": float(weight_sum) / samples, "lr": lr}
         if meta_updates:
             metrics["meta_loss"] = float(meta_loss_sum) / meta_updates
+        if self.mislabeled is not None:
+            clean, mislabeled = (group_weight_sums / group_counts.clamp_min(1)).tolist()
+            metrics.update(weight_clean=clean, weight_mislabeled=mislabeled)
         return metrics
 
     def _evaluate(self) -> tuple[dict, np.ndarray]:
