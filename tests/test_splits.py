@@ -32,8 +32,10 @@ def test_the_bias_a_config_asks_for_is_applied_and_said(capsys):
     splits = build_splits(config.data, config.bias)
     line = capsys.readouterr().out.strip()
     assert line.startswith("data: digits (10 classes); synthetic bias: meta carve-out 10/class, long tail x10, "
-                           "flip2 noise 40% (seed 0); ")
+                           "proportional noise 40% (seed 0); ")
     assert f"train {len(splits.train)} (of " in line and "carved meta 100" in line
+    rates = [float(rate) for rate in line.split("noise rate by given class ")[1].split()]
+    assert len(rates) == 10 and all(0.2 < rate < 0.55 for rate in rates), "near 40% in every class, never mostly noise"
 
 
 def test_only_the_first_process_of_a_job_prints(tmp_path, capsys, monkeypatch):

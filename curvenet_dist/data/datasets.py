@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from curvenet_dist.config import BiasConfig, DataConfig
-from curvenet_dist.data.bias import apply_bias
+from curvenet_dist.data.bias import apply_bias, noise_rate_by_class
 from curvenet_dist.data.embedded import digits_dataset, fashion_mnist_dataset
 from curvenet_dist.data.sample_table import DataError, PreparedDataset, SampleTable
 
@@ -68,6 +68,9 @@ def describe_splits(data: DataConfig, bias: BiasConfig, source_train: int, split
     known = int((splits.train.true_labels >= 0).sum())
     if known:
         parts.append(f"true label known for {known} training samples")
+    if bias.noise_type != "none" and bias.noise_rate > 0:
+        rates = " ".join(f"{rate:.2f}" for rate in noise_rate_by_class(splits.train))
+        parts.append(f"noise rate by given class {rates}")
     return (f"data: {source} ({splits.num_classes} classes){subset}; synthetic bias: {bias.describe()}; "
             f"{', '.join(parts)}")
 

@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from curvenet_dist.config import Config
 from curvenet_dist.curves.gather import all_gather_concat, gather_by_id
 from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.data.bias import noise_rate_by_class
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.checkpoint import Checkpointer
@@ -73,13 +74,15 @@ class ProbeTrainer:
 
     def train_and_record_epoch(self, epoch: int, store: CurveStore | None, start_batch: int = 0,
                                partial: dict | None = None, wall_s: float = 0.0) -> tuple[float, float]:
-        """One probe epoch; with probe.record, column `epoch` of the curve store. Returns (mean loss, last LR)."""
+        """One probe epoch; with probe.record, column `epoch` of the curve store. Returns (mean loss, last LR);
+        rank 0's mean loss is then the recorded column's."""
         ids, losses, mean_loss, lr = self._train_epoch(epoch, start_batch, partial, wall_s)
         if self.config.probe.record:
-            epoch_losses = gather_by_id(ids, losses, len(self.train_table))
-            # Includes the part of the epoch trained before a pre-emption, which the running sum does not.
-            mean_loss = float(epoch_losses.mean())
+            # Only rank 0, which holds the store (and logs), receives the epoch's losses.
+            epoch_losses = gather_by_id(ids, losses, len(self.train_table), dst=0)
             if store is not None:
+                # Includes the part of the epoch trained before a pre-emption, which the running sum does not.
+                mean_loss = float(epoch_losses.mean())
                 store.write_epoch(epoch, epoch_losses, lr)
         return mean_loss, lr
 
@@ -121,6 +124,10 @@ class ProbeTrainer:
         result = {**report, "epochs": config.probe.epochs, "world_size": context.world_size, "wall_s": wall_s,
                   "num_samples": len(self.train_table), "curve_store": str(self.store_path.resolve()),
                   "mlflow_run_id": tracker.run_id}
+        if (self.train_table.true_labels >= 0).any():
+            # NaN (no known true label in the class) becomes None: JSON has no NaN.
+            result["noise_rate_by_class"] = [None if rate != rate else float(rate)
+                                             for rate in noise_rate_by_class(self.train_table)]
         if context.is_main:
             self._finish(tracker, result)
         barrier()
