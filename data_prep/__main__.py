@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     check_options.add_argument(
         "--reencode-root", type=Path, help=f"where re-encoded images go (default: <dataset>/{DEFAULT_REENCODE_FOLDER})"
     )
-    check_options.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel ffmpeg processes")
+    check_options.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel decoding threads (and ffmpeg processes)")
     check_options.add_argument("--restart", action="store_true", help="ignore the progress of an earlier check")
 
     prepare_options = argparse.ArgumentParser(add_help=False, parents=[check_options])

@@ -1,9 +1,10 @@
-"""Decode every image of a prepared dataset with ffmpeg, quarantine the bad ones, optionally re-encode.
+"""Decode every image of a prepared dataset, quarantine the bad ones, optionally re-encode with ffmpeg.
 
-A check decodes each image once (`ffmpeg -err_detect explode -i IMAGE -f null -`), in a pool of worker
-threads that each wait on an ffmpeg process. Undecodable, empty or missing images go to the dataset's
-`quarantine.csv` (split, path, reason) and the split CSVs are rewritten without them. With re-encoding,
-every good image is written as a JPEG with its short side at 256 pixels under a new image root and
+A check decodes each image once in-process with Pillow, in a pool of worker threads (Pillow's decoders release
+the GIL). What Pillow cannot decode (a format it lacks, or a damaged file) goes to ffmpeg (`ffmpeg -err_detect
+explode -i IMAGE -f null -`), which has the last word: undecodable, empty or missing images go to the dataset's
+`quarantine.csv` (split, path, reason) and the split CSVs are rewritten without them. With re-encoding, every
+good image is written by ffmpeg as a JPEG with its short side at 256 pixels under a new image root and
 `dataset.yaml` points there, so training decodes small files.
 
 Every result is appended to a progress file in the dataset folder as soon as it is known, so a killed
@@ -27,6 +28,7 @@ from typing import TextIO
 
 import ffmpeg
 import imageio_ffmpeg
+from PIL import Image
 
 from curvenet_dist.data.sample_table import DataError, PreparedDataset, SampleTable
 
@@ -119,11 +121,23 @@ def _unreadable_reason(image: Path) -> str | None:
     return None
 
 
+def pillow_decodes(image: Path) -> bool:
+    """Whether Pillow decodes every pixel of the image (a truncated file fails: Pillow's default)."""
+    try:
+        with Image.open(image) as opened:
+            opened.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+    return True
+
+
 def decode_check(ffmpeg_exe: str, image: Path) -> str | None:
-    """None if ffmpeg decodes the image without error, else the reason it is bad."""
+    """None if the image decodes without error (in-process with Pillow, else with ffmpeg), else why it is bad."""
     reason = _unreadable_reason(image)
     if reason is not None:
         return reason
+    if pillow_decodes(image):
+        return None
     return _run_ffmpeg(_input(image).output("-", format="null"), ffmpeg_exe, image)
 
 

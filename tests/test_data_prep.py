@@ -359,3 +359,22 @@ def test_without_a_class_list_the_class_table_is_printed_and_an_empty_class_refu
                                     "--allow-empty-classes")
     assert code == 0
     assert PreparedDataset.read(tmp_path / "prepared").class_names == ["0", "1", "2", "3", "4"]
+
+
+def test_the_check_benchmark_times_a_real_check_and_its_ffmpeg_fallback() -> None:
+    from curvenet_dist.bench import image_check
+
+    figures = image_check.main(["--images", "40", "--corrupt", "3", "--rounds", "2", "--ffmpeg-sample", "2"])
+    assert figures["images_per_s"] > 0 and len(figures["images_per_s_rounds"]) == 2
+    assert figures["ffmpeg_only_images_per_s_one_process"] > 0
+
+
+def test_images_pillow_decodes_are_good_and_damaged_ones_still_go_to_ffmpeg(tmp_path: Path) -> None:
+    from data_prep.image_check import decode_check, find_ffmpeg, pillow_decodes
+
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "good.jpg", quality=90)
+    data = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    assert pillow_decodes(tmp_path / "good.jpg") and not pillow_decodes(tmp_path / "cut.jpg")
+    assert decode_check(find_ffmpeg(), tmp_path / "good.jpg") is None
+    assert decode_check(find_ffmpeg(), tmp_path / "cut.jpg").startswith("undecodable: ")

@@ -10,13 +10,15 @@ BENCHMARKS = {
     "slmo": "plain CE step vs allocate iteration for every skip_layers",
     "loaders": "DALI vs torch DataLoader images/s at 224x224 training transforms",
     "methods": "CE vs Meta-Weight-Net vs CurveNet test accuracy and noise AUROC over seeds",
+    "image_check": "images/s of the data_prep image check on small PNG and JPEG files",
 }
 
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in BENCHMARKS:
         lines = "\n".join(f"  {name:15s} {what}" for name, what in BENCHMARKS.items())
-        sys.exit(f"usage: python -m curvenet_dist.bench NAME [options]\nbenchmarks:\n{lines}")
+        print(f"usage: python -m curvenet_dist.bench NAME [options]\nbenchmarks:\n{lines}", file=sys.stderr)
+        sys.exit(2)
     module = importlib.import_module(f"curvenet_dist.bench.{argv[0]}")
     figures = module.main(argv[1:])
     print(json.dumps(figures))
