@@ -77,8 +77,8 @@ def train_curvenet(data: dict, scale: str, steps: int, meta_lr: float = 1e-3) ->
     order = torch.Generator().manual_seed(2)
     for _ in range(steps):
         ids = torch.randperm(len(data["given"]), generator=order)[:BATCH]
-        iteration.step(data["images"][ids], data["given"][ids], data["features"][ids], data["meta_images"],
-                       data["meta_labels"], update_weighting=True)
+        iteration.step(data["images"][ids], data["given"][ids], data["features"][ids],
+                       [(data["meta_images"], data["meta_labels"])])
     return curvenet, weight_scale
 
 

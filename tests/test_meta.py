@@ -109,10 +109,8 @@ def reference_step(model, weighting_net, classifier_optimizer, weighting_optimiz
 
 
 def step_with(iteration: MetaIteration, batch: dict[str, torch.Tensor], update_weighting: bool = True):
-    return iteration.step(
-        batch["images"], batch["labels"], batch["curves"], batch["meta_images"], batch["meta_labels"],
-        update_weighting,
-    )
+    meta_batches = [(batch["meta_images"], batch["meta_labels"])] if update_weighting else []
+    return iteration.step(batch["images"], batch["labels"], batch["curves"], meta_batches)
 
 
 def assert_same_tensors(actual, expected, **tolerance) -> None:

@@ -3,6 +3,7 @@ the weighting net meta-learned on a clean meta set (DESIGN.md §5)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -111,6 +112,7 @@ class AllocateTrainer:
             meta_data = dataclasses.replace(config.data, batch_size=config.meta.batch_size)
             self.meta_batches = MetaBatches(build_loader(meta_data, self.meta_table, train=True, **loader_arguments))
         self.autocast = autocast_for(config, device)
+        self.meta_updates_per_iteration = self._meta_updates_per_iteration()
 
         self.fingerprint = fingerprint(store.fingerprint, config.method, vars(config.allocate), vars(config.curvenet),
                                        vars(config.meta), config.slmo.skip_layers, vars(config.optim), config.run.seed)
@@ -125,6 +127,18 @@ class AllocateTrainer:
         settings = self.config.curvenet
         return CurveNet(self.curves.shape[1], self.splits.num_classes, settings.embedding_dim,
                         tuple(settings.curve_hidden), tuple(settings.head_hidden))
+
+    def _meta_updates_per_iteration(self) -> int:
+        """Meta updates per meta iteration: enough that the weighting net gets meta.min_updates of them before it
+        freezes at the first LR decay. A small dataset gives few iterations (the quickstart ~100, the reference's
+        CIFAR runs thousands), and one update each would freeze the net barely trained."""
+        if self.weighting_net is None:
+            return 0
+        settings = self.config.allocate
+        epochs = settings.milestones[0] if settings.milestones else settings.epochs
+        iterations = math.ceil(len(self.splits.train) / (self.config.data.batch_size * self.context.world_size))
+        planned = max(1, iterations * epochs // self.config.meta.interval)
+        return max(1, math.ceil(self.config.meta.min_updates / planned))
 
     def _build_weight_scale(self) -> WeightScale:
         mode = self.config.weight_scale()
@@ -158,8 +172,9 @@ class AllocateTrainer:
         start_epoch, start_batch, wall_before = self._resume()
         barrier()
         tracker = build_tracker(config, self.run_dir, "allocate", self._tags(), context.is_main)
-        meta = (f"meta set {len(self.meta_table)} ({config.meta.source}), skip_layers {self.skip_layers}, meta.sync "
-                f"{config.meta.sync}, " if self.meta_table is not None else "")
+        meta = (f"meta set {len(self.meta_table)} ({config.meta.source}), {self.meta_updates_per_iteration} meta "
+                f"update(s) per iteration, skip_layers {self.skip_layers}, meta.sync {config.meta.sync}, "
+                if self.meta_table is not None else "")
         self.progress.say(f"method {self.method}, {len(self.splits.train)} training samples, {meta}"
                           f"{context.world_size} rank(s)")
         if start_epoch or start_batch:
@@ -230,18 +245,18 @@ class AllocateTrainer:
         # [clean, mislabeled] weight sums and counts over the epoch's audited samples.
         group_weight_sums = torch.zeros(2, device=device)
         group_counts = torch.zeros(2, device=device)
-        meta_updates = 0
+        meta_steps = 0
         samples = 0
         self.model.train()
         for batch, (images, labels, ids) in enumerate(self.train_loader, start=start_batch):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             curves = self.curves[ids.to(device)] if self.curves is not None else None
-            update = not frozen and batch % config.meta.interval == 0
-            meta_images = meta_labels = None
-            if update and self.weighting_net is not None:
-                meta_images, meta_labels = (t.to(device, non_blocking=True) for t in self.meta_batches.next())
+            meta_batches = []
+            if self.weighting_net is not None and not frozen and batch % config.meta.interval == 0:
+                meta_batches = [tuple(t.to(device, non_blocking=True) for t in self.meta_batches.next())
+                                for _ in range(self.meta_updates_per_iteration)]
             with self.autocast():
-                result = self.iteration.step(images, labels, curves, meta_images, meta_labels, update_weighting=update,
+                result = self.iteration.step(images, labels, curves, meta_batches,
                                              fixed_weights=None if fixed_weights is None else fixed_weights[ids.to(device)])
             loss_sum += result.losses.sum()
             weight_sum += result.weights.sum()
@@ -253,15 +268,15 @@ class AllocateTrainer:
                 group_counts.index_add_(0, group, audited)
             if result.meta_loss is not None:
                 meta_loss_sum += result.meta_loss
-                meta_updates += 1
+                meta_steps += 1
             samples += len(labels)
             self.progress.step(batch, samples)
             if self.stop.agreed(batch + 1):
                 self._preempt(epoch, batch + 1, wall_s)
         samples = max(samples, 1)
         metrics = {"train_loss": float(loss_sum) / samples, "mean_weight": float(weight_sum) / samples, "lr": lr}
-        if meta_updates:
-            metrics["meta_loss"] = float(meta_loss_sum) / meta_updates
+        if meta_steps:
+            metrics["meta_loss"] = float(meta_loss_sum) / meta_steps
         if self.mislabeled is not None:
             clean, mislabeled = (group_weight_sums / group_counts.clamp_min(1)).tolist()
             metrics.update(weight_clean=clean, weight_mislabeled=mislabeled)

@@ -87,25 +87,23 @@ class MetaIteration:
         images: torch.Tensor,
         labels: torch.Tensor,
         curves: torch.Tensor | None,
-        meta_images: torch.Tensor | None,
-        meta_labels: torch.Tensor | None,
-        update_weighting: bool,
+        meta_batches: list[tuple[torch.Tensor, torch.Tensor]] = (),
         fixed_weights: torch.Tensor | None = None,
     ) -> IterationResult:
-        """One classifier step on the train batch. With `update_weighting` (and a weighting net), first the
-        virtual step, the meta step and an Adam step of the weighting net; the actual step then uses its new
-        weights. Without it, plain weighted CE with the current net (all weights 1 without a net), or with
-        `fixed_weights` when given (a frozen CurveNet's weights, computed once for all samples)."""
+        """One classifier step on the train batch. With meta batches (and a weighting net), first one meta update
+        per meta batch (virtual step, meta step, Adam step of the weighting net), all on this train batch's one
+        forward; the actual step then uses the net's new weights. Without, plain weighted CE with the current net
+        (all weights 1 without a net), or with `fixed_weights` when given (a frozen CurveNet's weights, computed
+        once for all samples)."""
         self.classifier_optimizer.zero_grad(set_to_none=True)
         # The one real forward of the train batch: BatchNorm running statistics update here, once.
         logits = self.top(self.bottom(images))
         losses = F.cross_entropy(logits, labels, reduction="none")
 
         meta_loss = None
-        if update_weighting and self.weighting_net is not None:
-            if meta_images is None or meta_labels is None:
-                raise ValueError("update_weighting=True needs a meta batch (meta_images, meta_labels)")
-            meta_loss = self._update_weighting_net(losses, labels, curves, meta_images, meta_labels)
+        if self.weighting_net is not None and meta_batches:
+            meta_loss = torch.stack([self._update_weighting_net(losses, labels, curves, meta_images, meta_labels)
+                                     for meta_images, meta_labels in meta_batches]).mean()
 
         with torch.no_grad():
             if fixed_weights is not None:
