@@ -250,9 +250,6 @@ class MetaConfig:
     """Adam weight decay of the weighting network."""
     interval: int = 1
     """Run a meta update every this many iterations."""
-    min_updates: int = 500
-    """The fewest meta updates the weighting net gets before it freezes: where the dataset gives fewer meta
-    iterations than this, each does several meta updates (each on its own meta batch) on its one train batch."""
     batch_size: int = 100
     """Meta batch size per rank."""
     source: str = "carved"
@@ -273,7 +270,6 @@ class MetaConfig:
         _choice("meta.sync", self.sync, ("exact", "local"))
         _choice("meta.source", self.source, ("carved", "split", "lowest_loss"))
         _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch", "dataset"))
-        _positive("meta.min_updates", self.min_updates, allow_zero=True)
         for key in ("lr", "interval", "batch_size", "per_class", "scale_samples"):
             _positive(f"meta.{key}", getattr(self, key))
 

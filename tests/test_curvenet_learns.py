@@ -78,7 +78,7 @@ def train_curvenet(data: dict, scale: str, steps: int, meta_lr: float = 1e-3) ->
     for _ in range(steps):
         ids = torch.randperm(len(data["given"]), generator=order)[:BATCH]
         iteration.step(data["images"][ids], data["given"][ids], data["features"][ids],
-                       [(data["meta_images"], data["meta_labels"])])
+                       (data["meta_images"], data["meta_labels"]))
     return curvenet, weight_scale
 
 

@@ -109,8 +109,8 @@ def reference_step(model, weighting_net, classifier_optimizer, weighting_optimiz
 
 
 def step_with(iteration: MetaIteration, batch: dict[str, torch.Tensor], update_weighting: bool = True):
-    meta_batches = [(batch["meta_images"], batch["meta_labels"])] if update_weighting else []
-    return iteration.step(batch["images"], batch["labels"], batch["curves"], meta_batches)
+    meta_batch = (batch["meta_images"], batch["meta_labels"]) if update_weighting else None
+    return iteration.step(batch["images"], batch["labels"], batch["curves"], meta_batch)
 
 
 def assert_same_tensors(actual, expected, **tolerance) -> None:

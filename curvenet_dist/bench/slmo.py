@@ -74,7 +74,7 @@ def main(argv: list[str]) -> dict:
             model, weighting_net, classifier_optimizer, weighting_optimizer, skip_layers, sync="exact"
         )
         variants[f"skip{skip_layers}"] = (
-            lambda iteration=iteration: iteration.step(images, labels, curves, [(meta_images, meta_labels)])
+            lambda iteration=iteration: iteration.step(images, labels, curves, (meta_images, meta_labels))
         )
 
     names = list(variants)

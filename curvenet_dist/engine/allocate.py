@@ -3,7 +3,6 @@ the weighting net meta-learned on a clean meta set (DESIGN.md §5)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
@@ -112,7 +111,6 @@ class AllocateTrainer:
             meta_data = dataclasses.replace(config.data, batch_size=config.meta.batch_size)
             self.meta_batches = MetaBatches(build_loader(meta_data, self.meta_table, train=True, **loader_arguments))
         self.autocast = autocast_for(config, device)
-        self.meta_updates_per_iteration = self._meta_updates_per_iteration()
 
         self.fingerprint = fingerprint(store.fingerprint, config.method, vars(config.allocate), vars(config.curvenet),
                                        vars(config.meta), config.slmo.skip_layers, vars(config.optim), config.run.seed)
@@ -127,18 +125,6 @@ class AllocateTrainer:
         settings = self.config.curvenet
         return CurveNet(self.curves.shape[1], self.splits.num_classes, settings.embedding_dim,
                         tuple(settings.curve_hidden), tuple(settings.head_hidden))
-
-    def _meta_updates_per_iteration(self) -> int:
-        """Meta updates per meta iteration: enough that the weighting net gets meta.min_updates of them before it
-        freezes at the first LR decay. A small dataset gives few iterations (the quickstart ~100, the reference's
-        CIFAR runs thousands), and one update each would freeze the net barely trained."""
-        if self.weighting_net is None:
-            return 0
-        settings = self.config.allocate
-        epochs = settings.milestones[0] if settings.milestones else settings.epochs
-        iterations = math.ceil(len(self.splits.train) / (self.config.data.batch_size * self.context.world_size))
-        planned = max(1, iterations * epochs // self.config.meta.interval)
-        return max(1, math.ceil(self.config.meta.min_updates / planned))
 
     def _build_weight_scale(self) -> WeightScale:
         mode = self.config.weight_scale()
@@ -172,9 +158,8 @@ class AllocateTrainer:
         start_epoch, start_batch, wall_before = self._resume()
         barrier()
         tracker = build_tracker(config, self.run_dir, "allocate", self._tags(), context.is_main)
-        meta = (f"meta set {len(self.meta_table)} ({config.meta.source}), {self.meta_updates_per_iteration} meta "
-                f"update(s) per iteration, skip_layers {self.skip_layers}, meta.sync {config.meta.sync}, "
-                if self.meta_table is not None else "")
+        meta = (f"meta set {len(self.meta_table)} ({config.meta.source}), skip_layers {self.skip_layers}, meta.sync "
+                f"{config.meta.sync}, " if self.meta_table is not None else "")
         self.progress.say(f"method {self.method}, {len(self.splits.train)} training samples, {meta}"
                           f"{context.world_size} rank(s)")
         if start_epoch or start_batch:
@@ -251,12 +236,11 @@ class AllocateTrainer:
         for batch, (images, labels, ids) in enumerate(self.train_loader, start=start_batch):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             curves = self.curves[ids.to(device)] if self.curves is not None else None
-            meta_batches = []
+            meta_batch = None
             if self.weighting_net is not None and not frozen and batch % config.meta.interval == 0:
-                meta_batches = [tuple(t.to(device, non_blocking=True) for t in self.meta_batches.next())
-                                for _ in range(self.meta_updates_per_iteration)]
+                meta_batch = tuple(t.to(device, non_blocking=True) for t in self.meta_batches.next())
             with self.autocast():
-                result = self.iteration.step(images, labels, curves, meta_batches,
+                result = self.iteration.step(images, labels, curves, meta_batch,
                                              fixed_weights=None if fixed_weights is None else fixed_weights[ids.to(device)])
             loss_sum += result.losses.sum()
             weight_sum += result.weights.sum()

@@ -87,23 +87,21 @@ class MetaIteration:
         images: torch.Tensor,
         labels: torch.Tensor,
         curves: torch.Tensor | None,
-        meta_batches: list[tuple[torch.Tensor, torch.Tensor]] = (),
+        meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
         fixed_weights: torch.Tensor | None = None,
     ) -> IterationResult:
-        """One classifier step on the train batch. With meta batches (and a weighting net), first one meta update
-        per meta batch (virtual step, meta step, Adam step of the weighting net), all on this train batch's one
-        forward; the actual step then uses the net's new weights. Without, plain weighted CE with the current net
-        (all weights 1 without a net), or with `fixed_weights` when given (a frozen CurveNet's weights, computed
-        once for all samples)."""
+        """One classifier step on the train batch. With a meta batch (images, labels) and a weighting net, first
+        the virtual step, the meta step and an Adam step of the weighting net; the actual step then uses its new
+        weights. Without, plain weighted CE with the current net (all weights 1 without a net), or with
+        `fixed_weights` when given (a frozen CurveNet's weights, computed once for all samples)."""
         self.classifier_optimizer.zero_grad(set_to_none=True)
         # The one real forward of the train batch: BatchNorm running statistics update here, once.
         logits = self.top(self.bottom(images))
         losses = F.cross_entropy(logits, labels, reduction="none")
 
         meta_loss = None
-        if self.weighting_net is not None and meta_batches:
-            meta_loss = torch.stack([self._update_weighting_net(losses, labels, curves, meta_images, meta_labels)
-                                     for meta_images, meta_labels in meta_batches]).mean()
+        if self.weighting_net is not None and meta_batch is not None:
+            meta_loss = self._update_weighting_net(losses, labels, curves, *meta_batch)
 
         with torch.no_grad():
             if fixed_weights is not None:

@@ -67,7 +67,7 @@ def main() -> None:
             weight_scale=WeightScale(scale, sync, global_batches()["curves"], global_batches()["labels"]),
         )
         result = iteration.step(
-            shard["images"], shard["labels"], shard["curves"], [(shard["meta_images"], shard["meta_labels"])]
+            shard["images"], shard["labels"], shard["curves"], (shard["meta_images"], shard["meta_labels"])
         )
         results[(sync, skip_layers, scale)] = {
             "weighting_grads": [param.grad.clone() for param in weighting_net.parameters()],
