@@ -1,0 +1,57 @@
+"""`python -m curvenet_dist.bench grid` end to end on a tiny grid: digits, one cell, one seed, CE and CurveNet."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import zarr
+from sklearn.metrics import roc_auc_score
+
+from curvenet_dist.bench.__main__ import main as bench
+
+TINY_GRID = ["--cells", "prop-imb10-n0.4", "--seeds", "0", "--methods", "ce", "curvenet", "--nproc", "1",
+             "data.source=digits", "data.train_per_class=0", "data.image_size=8", "data.batch_size=64",
+             "bias.meta_per_class=10", "model.width=8", "probe.epochs=3", "probe.cycle_epochs=1",
+             "allocate.epochs=2", "allocate.milestones=[1]", "curvenet.skip_epochs=0", "meta.batch_size=20"]
+
+
+def grid(tmp_path, capsys) -> str:
+    """The benchmark's command line in this process (its stages still run under torchrun); its stdout."""
+    bench(["grid", "--run-dir", str(tmp_path / "runs"), "--out-dir", str(tmp_path / "docs"), *TINY_GRID])
+    return capsys.readouterr().out
+
+
+def test_grid_end_to_end_resumes_and_scores_the_detector(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    first = grid(tmp_path, capsys)
+    figures = json.loads(first.strip().splitlines()[-1])
+    assert set(figures) == {"cells", "summary", "detector_auroc", "seeds"} and figures["seeds"] == [0]
+    (cell,) = figures["cells"]
+    assert cell["name"] == "prop-imb10-n0.4" and cell["settings"]["bias.noise_type"] == "proportional"
+    assert set(cell["methods"]) == {"ce", "curvenet"} and cell["methods"]["ce"]["noise_auroc"] is None
+    assert 0 <= cell["methods"]["curvenet"]["noise_auroc"]["mean"] <= 1
+    assert len(cell["noise_rate_by_class"]) == 10
+    assert set(figures["summary"]) == {"ce", "curvenet"}
+    assert figures["summary"]["curvenet"]["mean_acc"] == cell["methods"]["curvenet"]["test_acc"]["mean"]
+    assert figures["summary"]["ce"]["mean_noise_auroc"] is None
+
+    # The detector: each sample's mean probe loss against the store's true labels, computed here independently.
+    store = zarr.open_group(str(tmp_path / "runs" / "prop-imb10-n0.4_seed0_probe" / "curves.zarr"), mode="r")
+    complete = np.flatnonzero(store["epoch_complete"][:])
+    assert len(complete) == 3
+    mislabeled = store["label"][:] != store["true_label"][:]
+    expected = roc_auc_score(mislabeled, store["loss"][:][:, complete].mean(1))
+    assert abs(cell["detector_auroc"]["mean"] - expected) < 1e-9 and figures["detector_auroc"] == cell["detector_auroc"]["mean"]
+
+    table = (tmp_path / "docs" / "grid.md").read_text()
+    assert "## prop-imb10-n0.4" in table and "| curvenet |" in table and f"{expected:.4f}" in table
+    assert (tmp_path / "docs" / "grid.png").stat().st_size > 0
+    assert (tmp_path / "runs" / "mlflow.db").is_file()
+
+    metrics = sorted((tmp_path / "runs").glob("*/metrics.json"))
+    assert len(metrics) == 3
+    stamps = [path.stat().st_mtime_ns for path in metrics]
+    again = grid(tmp_path, capsys)
+    assert again.count(": skipped,") == 3 and ": running" not in again
+    assert [path.stat().st_mtime_ns for path in metrics] == stamps
+    assert json.loads(again.strip().splitlines()[-1]) == figures
