@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
+from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from curvenet_dist.curves.store import CurveStore
@@ -48,7 +49,7 @@ def digits_folder(root, rng):
     return rows
 
 
-def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(tmp_path):
+def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(tmp_path, mlflow_server):
     root = tmp_path / "mine"
     rows = digits_folder(root, np.random.default_rng(0))
     prepared = tmp_path / "prepared"
@@ -71,7 +72,8 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     assert (probe_dir / "loss_curves.png").is_file(), "Fig. 1 from the audited samples"
 
     result = torchrun("allocate.py", 2, ["--config", PREPARED, f"probe.dir={probe_dir}", f"run.dir={curvenet_dir}",
-                                         "method=curvenet", *data, *ALLOCATE])
+                                         "method=curvenet", *data, *ALLOCATE, "tracking.enabled=true",
+                                         f"tracking.uri={mlflow_server}", "tracking.experiment=user-data"])
     metrics = json.loads((curvenet_dir / "metrics.json").read_text())
     audited = true >= 0
     weights = np.load(curvenet_dir / "weights.npy")
@@ -82,3 +84,6 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     assert f"noise detection scored on the {audited.sum()} of {len(rows)} training samples" in result.stdout
     for figure in ("weights_by_class.png", "suspects.png"):
         assert (curvenet_dir / figure).is_file()
+    run = MlflowClient(mlflow_server).get_run((curvenet_dir / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FINISHED"
+    assert "suspects.png" in {item.path for item in MlflowClient(mlflow_server).list_artifacts(run.info.run_id)}

@@ -48,6 +48,12 @@ def end_active_run(status: str) -> None:
         print(f"note: could not mark MLflow run {_active.run_id} {status}: {error}", file=sys.stderr, flush=True)
 
 
+def log_to_active_run(path: Path) -> None:
+    """Log `path` as an artifact of the run this process logs to, if any (for outputs written below the trainer)."""
+    if _active is not None:
+        _active.log_artifact(path)
+
+
 class MlflowTracker(Tracker):
     def __init__(self, config: Config, run_dir: Path, stage: str, tags: dict[str, str]):
         global _active

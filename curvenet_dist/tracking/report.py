@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from curvenet_dist.data.datasets import Splits
 from curvenet_dist.data.sample_table import DataError
+from curvenet_dist.tracking.mlflow_tracker import log_to_active_run
 from curvenet_dist.tracking.plots import plot_confusion_matrix, plot_suspects, plot_weights_by_class
 
 SUSPECTS_CSV = "suspects.csv"
@@ -126,13 +127,13 @@ def draw_suspects(suspects: list[Suspect], image_root: Path, path: Path) -> Path
 
 def write_allocate_report(run_dir: Path, splits: Splits, weights: np.ndarray, train_predictions: np.ndarray,
                           test_predictions: np.ndarray, method: str) -> dict[str, float]:
-    """weights.npy, suspects.csv, suspects.png and the figures; returns the noise-detection scores, computed on
+    """weights.npy, suspects.csv, suspects.png (logged to the process's MLflow run) and the figures; returns the noise-detection scores, computed on
     the training samples whose true label is known (all of them under synthetic noise, the audited ones of a
     prepared dataset) with `noise_scored_samples` saying how many."""
     train = splits.train
     np.save(run_dir / "weights.npy", weights.astype(np.float32))
     top = write_suspects(run_dir / SUSPECTS_CSV, splits, weights, train_predictions)
-    draw_suspects(top, train.image_root, run_dir / SUSPECTS_FIGURE)
+    log_to_active_run(draw_suspects(top, train.image_root, run_dir / SUSPECTS_FIGURE))
     plot_confusion_matrix(splits.test.labels, test_predictions, splits.class_names, run_dir / "confusion_matrix.png")
     known = train.true_labels >= 0
     if not known.any():
