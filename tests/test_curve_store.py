@@ -44,3 +44,77 @@ def test_a_store_from_another_run_is_refused(tmp_path):
     (tmp_path / "not-a-store").mkdir()
     with pytest.raises(CurveStoreError, match="is not a curve store"):
         CurveStore.open(tmp_path / "not-a-store")
+
+
+def reference_features(loss, labels, normalize_std):
+    """DESIGN.md §3 written out in float64 on the whole array, one class at a time."""
+    out = np.empty_like(loss, dtype=np.float64)
+    for c in np.unique(labels):
+        rows = labels == c
+        out[rows] = loss[rows] - loss[rows].mean(axis=0)
+        if normalize_std:
+            out[rows] /= np.maximum(np.sqrt((out[rows] ** 2).mean(axis=0)), 1e-8)
+    return out
+
+
+def random_store(path, samples=3000, epochs=6, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, samples)
+    store = CurveStore.open_or_create(path, fingerprint="f", dataset_fingerprint="d", labels=labels,
+                                      true_labels=labels, num_epochs=epochs)
+    for epoch in range(epochs):
+        store.write_epoch(epoch, rng.gamma(2.0, 1.0, samples).astype(np.float32) + labels, lr=0.1)
+    return store
+
+
+@pytest.mark.parametrize("normalize_std", [False, True])
+def test_curve_features_are_float32_class_normalised_curves(tmp_path, normalize_std):
+    from curvenet_dist.curves.features import class_normalized_curves
+
+    store = random_store(tmp_path / "c.zarr")
+    features = class_normalized_curves(store, 2, normalize_std)
+    assert features.dtype == np.float32 and features.shape == (3000, 4)
+    expected = reference_features(store.loss[:, 2:].astype(np.float64), store.labels, normalize_std)
+    np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_curve_features_are_saved_beside_the_store_until_a_column_changes(tmp_path):
+    from curvenet_dist.curves.features import class_normalized_curves, curve_features, features_path
+
+    store = random_store(tmp_path / "c.zarr")
+    features = curve_features(store, 2, False)
+    saved = features_path(store, 2, False)
+    assert saved.parent == tmp_path / "c.zarr.features" and [p.name for p in saved.parent.iterdir()] == [saved.name]
+    np.testing.assert_array_equal(features, class_normalized_curves(store, 2, False))
+    features[0, 0] = 123.0  # copy-on-write: the saved file stays as it was
+    np.testing.assert_array_equal(curve_features(store, 2, False), class_normalized_curves(store, 2, False))
+
+    store.write_epoch(5, np.zeros(3000, np.float32), lr=0.1)
+    assert not saved.exists(), "features of the old column are forgotten"
+    np.testing.assert_array_equal(curve_features(store, 2, False)[:, -1], class_normalized_curves(store, 2, False)[:, -1])
+    store.discard_from(5)
+    assert not saved.exists()
+    with pytest.raises(CurveStoreError, match=r"probe epochs \[6\] are not recorded \(5 of 6 are\)"):
+        curve_features(store, 2, False)
+
+
+def test_lowest_loss_rows_are_the_k_lowest_mean_losses_of_each_class(tmp_path):
+    from curvenet_dist.curves.features import lowest_loss_rows
+
+    store = random_store(tmp_path / "c.zarr")
+    mean_loss, labels = store.loss[:].astype(np.float64).mean(axis=1), store.labels
+    expected = np.sort(np.concatenate([np.flatnonzero(labels == c)[np.argsort(mean_loss[labels == c])[:7]]
+                                       for c in range(5)]))
+    np.testing.assert_array_equal(lowest_loss_rows(store, 7), expected)
+
+
+def test_gathered_recordings_keep_the_first_value_of_a_repeated_id_and_name_missing_ones():
+    from curvenet_dist.curves.gather import first_value_by_id
+
+    ids = np.array([3, 0, 1, 2, 3, 0])  # ids 3 and 0 repeated by padding
+    values = np.array([30.0, 0.0, 10.0, 20.0, -1.0, -1.0])
+    np.testing.assert_array_equal(first_value_by_id(ids, values, 4), [0.0, 10.0, 20.0, 30.0])
+    with pytest.raises(RuntimeError, match=r"miss sample ids \[4\] \(of 5\)"):
+        first_value_by_id(ids, values, 5)
+    with pytest.raises(RuntimeError, match="ids >= 3"):
+        first_value_by_id(ids, values, 3)

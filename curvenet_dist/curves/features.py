@@ -1,51 +1,104 @@
-"""CurveNet's input (DESIGN.md §3, paper eqs. 7-8): each sample's loss curve without its first S epochs,
-centred on the mean curve of the samples that share its given label."""
+"""What the allocate stage reads from the curve store: CurveNet's input (DESIGN.md §3, paper eqs. 7-8), each
+sample's loss curve without its first S epochs centred on the mean curve of the samples that share its given
+label, and the lowest-loss meta set.
+
+Both work one store column at a time (a column is a few MB even at a million samples), with vectorised per-class
+sums, so memory stays near the size of the result and no step loops over samples in Python.
+"""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+import torch.distributed as dist
 
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 
 
-def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: bool) -> np.ndarray:
-    """[N, T - S] float32: lbar_{i,t} = l_{i,t} - mu_{y_i,t}, optionally divided by the class's std at t.
+def require_epochs(store: CurveStore, first_epoch: int, needed_by: str) -> None:
+    """Raise, naming the missing epochs, unless every probe epoch from `first_epoch` on is complete."""
+    missing = sorted(set(range(first_epoch, store.num_epochs)) - set(store.complete_epochs().tolist()))
+    if missing:
+        raise CurveStoreError(
+            f"{store.path}: probe epochs {[e + 1 for e in missing]} are not recorded ({len(store.complete_epochs())} "
+            f"of {store.num_epochs} are) and {needed_by} needs them; finish the probe run first (rerun its command "
+            f"to resume)"
+        )
 
-    Only the columns S..T-1 are read from the store.
-    """
+
+def _check_curves(store: CurveStore, skip_epochs: int) -> None:
     if store.num_epochs <= skip_epochs:
         raise CurveStoreError(
             f"{store.path} holds {store.num_epochs} probe epochs; curvenet.skip_epochs={skip_epochs} needs at least "
             f"{skip_epochs + 1}"
         )
-    missing = sorted(set(range(skip_epochs, store.num_epochs)) - set(store.complete_epochs().tolist()))
-    if missing:
-        raise CurveStoreError(
-            f"{store.path}: probe epochs {[e + 1 for e in missing]} are not recorded; finish the probe run first "
-            f"(rerun its command to resume)"
-        )
-    curves = np.asarray(store.loss[:, skip_epochs:], dtype=np.float64)
+    require_epochs(store, skip_epochs, "CurveNet")
+
+
+def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: bool) -> np.ndarray:
+    """[N, T - S] float32: lbar_{i,t} = l_{i,t} - mu_{y_i,t}, optionally divided by the class's std at t.
+
+    Class statistics are float64 sums in sample order; only the columns S..T-1 are read from the store.
+    """
+    _check_curves(store, skip_epochs)
     labels = store.labels
-    counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
+    counts = np.bincount(labels)
     present = counts > 0
-    sums = np.zeros((len(counts), curves.shape[1]))
-    np.add.at(sums, labels, curves)
-    means = np.divide(sums, counts[:, None], out=np.zeros_like(sums), where=present[:, None])
-    centred = curves - means[labels]
-    if normalize_std:
-        squares = np.zeros_like(sums)
-        np.add.at(squares, labels, centred**2)
-        std = np.sqrt(np.divide(squares, counts[:, None], out=np.zeros_like(sums), where=present[:, None]))
-        centred = centred / np.maximum(std[labels], 1e-8)
-    return centred.astype(np.float32)
+
+    def class_mean(values: np.ndarray) -> np.ndarray:
+        sums = np.bincount(labels, weights=values, minlength=len(counts))
+        return np.divide(sums, counts, out=np.zeros_like(sums), where=present)
+
+    features = np.empty((store.num_samples, store.num_epochs - skip_epochs), np.float32)
+    for column, epoch in enumerate(range(skip_epochs, store.num_epochs)):
+        centred = store.loss[:, epoch].astype(np.float64)
+        centred -= class_mean(centred)[labels]
+        if normalize_std:
+            centred /= np.maximum(np.sqrt(class_mean(centred**2))[labels], 1e-8)
+        features[:, column] = centred
+    return features
+
+
+def features_path(store: CurveStore, skip_epochs: int, normalize_std: bool) -> Path:
+    """Where `curve_features` saves the features of `store`: a folder beside it that the store empties whenever a
+    column changes (CurveStore.forget_features)."""
+    scaling = "std" if normalize_std else "mean"
+    return store.features_dir / f"{store.fingerprint}-skip{skip_epochs}-{scaling}.npy"
+
+
+def curve_features(store: CurveStore, skip_epochs: int, normalize_std: bool) -> np.ndarray:
+    """`class_normalized_curves`, built once per store and saved beside it.
+
+    Rank 0 builds and saves them (a temporary file, then a rename, so a reader never sees half a file) unless they
+    are already saved; every rank waits for it at a barrier, then maps the file copy-on-write, so the ranks of a
+    node share one copy in the page cache instead of building one each. Every rank checks the store first, so a
+    store that is not finished stops them all with the same message.
+    """
+    _check_curves(store, skip_epochs)
+    path = features_path(store, skip_epochs, normalize_std)
+    if (not dist.is_initialized() or dist.get_rank() == 0) and not path.exists():
+        features = class_normalized_curves(store, skip_epochs, normalize_std)
+        path.parent.mkdir(exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as file:
+            np.save(file, features)
+        os.replace(temporary, path)
+    if dist.is_initialized():
+        dist.barrier()
+    return np.load(path, mmap_mode="c")
 
 
 def lowest_loss_rows(store: CurveStore, per_class: int) -> np.ndarray:
-    """The `per_class` samples of each given class with the lowest mean probe loss: a meta set without clean
-    data (paper Table 7)."""
-    mean_loss = np.nanmean(store.loss[:], axis=1)
+    """The `per_class` samples of each given class with the lowest mean probe loss over every probe epoch (ties
+    by sample id): a meta set without clean data (paper Table 7)."""
+    require_epochs(store, 0, "meta.source=lowest_loss")
+    total = np.zeros(store.num_samples)
+    for epoch in range(store.num_epochs):
+        total += store.loss[:, epoch]
     labels = store.labels
-    rows = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        rows.append(members[np.argsort(mean_loss[members], kind="stable")[:per_class]])
-    return np.sort(np.concatenate(rows))
+    by_loss = np.argsort(total / store.num_epochs, kind="stable")
+    by_class_then_loss = by_loss[np.argsort(labels[by_loss], kind="stable")]
+    counts = np.bincount(labels)
+    rank_in_class = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.sort(by_class_then_loss[rank_in_class < per_class])

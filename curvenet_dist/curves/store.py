@@ -3,10 +3,12 @@
 Layout: `loss` [N, T] float32 (NaN = not recorded), chunked along samples with one column per chunk column;
 `label` [N], `true_label` [N] (-1 unknown); `lr` [T]; `epoch_complete` [T] (1 once a column is whole). The
 group's attributes hold the fingerprints of the config and of the dataset that made it. A column is marked complete
-only after it is fully written, so a crash never leaves a half epoch that looks whole.
+only after it is fully written, so a crash never leaves a half epoch that looks whole. Curve features computed
+from the store are saved beside it (`<store>.features/`) and deleted whenever a column is written or discarded.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,14 @@ class CurveStore:
     def true_labels(self) -> np.ndarray:
         return self.group["true_label"][:]
 
+    @property
+    def features_dir(self) -> Path:
+        """Beside the store: what is derived from its columns (curves/features.py), deleted when a column changes."""
+        return self.path.with_name(f"{self.path.name}.features")
+
+    def forget_features(self) -> None:
+        shutil.rmtree(self.features_dir, ignore_errors=True)
+
     def complete_epochs(self) -> np.ndarray:
         return np.flatnonzero(self.group["epoch_complete"][:])
 
@@ -104,6 +114,7 @@ class CurveStore:
                 f"epoch {epoch}: expected one finite loss for each of {self.num_samples} samples, got shape "
                 f"{losses.shape}" + (f", non-finite at sample ids {bad.tolist()}" if len(bad) else "")
             )
+        self.forget_features()
         self.loss[:, epoch] = losses.astype(np.float32)
         self.group["lr"][epoch] = lr
         self.group["epoch_complete"][epoch] = 1
@@ -112,6 +123,7 @@ class CurveStore:
         """Forget epochs >= `epoch` (a resumed run records them again, once)."""
         if epoch >= self.num_epochs:
             return
+        self.forget_features()
         self.group["epoch_complete"][epoch:] = 0
         self.loss[:, epoch:] = np.nan
         self.group["lr"][epoch:] = np.nan
