@@ -8,6 +8,7 @@ file's label; the given label is looked up from the id.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -100,7 +101,9 @@ class DaliLoader:
         self.device_id = device_id
         self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
         self.labels = torch.as_tensor(table.labels, dtype=torch.int64, device=self.device)
-        self.paths = [str(table.image_path(i)) for i in range(len(table))]
+        # Paths are joined per epoch for this rank's share only, as NumPy string arrays: no per-sample Python.
+        self.image_root = os.path.join(str(table.image_root), "")
+        self.relative_paths = np.asarray(table.paths, dtype=object)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -113,10 +116,14 @@ class DaliLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.ids) / self.batch_size)
 
+    def epoch_files(self) -> list[str]:
+        """The image files of this rank's share of the epoch, in order."""
+        return (self.image_root + self.relative_paths[self.ids]).tolist()
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if len(self.ids) == 0:
             return
-        files = [self.paths[i] for i in self.ids]
+        files = self.epoch_files()
         # A fresh pipeline per pass makes the augmentation a function of (seed, epoch, rank, start batch)
         # alone, like the order, so a resumed run sees the same epochs as an uninterrupted one.
         augmentation_seed = np.random.SeedSequence([self.seed, self.epoch, self.rank, self.start_batch])
@@ -144,7 +151,7 @@ class DaliLoader:
         if culprit is None:
             return RuntimeError(f"{self.table.origin}: DALI failed on batch {batches_done} of epoch {self.epoch} "
                                 f"(rank {self.rank}): {error}")
-        sample_id = self.paths.index(culprit)
+        sample_id = self.ids[files.index(culprit)]
         return DataError(f"{self.table.origin}: sample {sample_id} ({culprit}) cannot be read or decoded")
 
 
