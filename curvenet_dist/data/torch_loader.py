@@ -27,9 +27,14 @@ def build_transform(*, train: bool, image_size: int, augment: str, mean: list[fl
 
 
 class SampleTableDataset(Dataset):
-    def __init__(self, table: SampleTable, transform: v2.Compose):
+    """Samples of a table by id. The transform's randomness is a function of (seed, epoch, sample id) alone, so a
+    sample gets the same crop whichever process loads it (the rank's own with data.num_workers=0, or a worker),
+    on any rank or world size, and whether the epoch ran whole or was resumed; the global RNG is left as found."""
+
+    def __init__(self, table: SampleTable, transform: v2.Compose, seed: int):
         self.table = table
         self.transform = transform
+        self.seed, self.epoch = seed, 0
 
     def __len__(self) -> int:
         return len(self.table)
@@ -41,7 +46,18 @@ class SampleTableDataset(Dataset):
                 rgb = image.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
             raise DataError(f"sample {sample_id}: cannot read image {path}: {error}") from None
-        return self.transform(rgb), int(self.table.labels[sample_id]), sample_id
+        return self._transform(rgb, sample_id), int(self.table.labels[sample_id]), sample_id
+
+    def _transform(self, image: Image.Image, sample_id: int) -> torch.Tensor:
+        generator = torch.default_generator
+        state = generator.get_state()
+        # torch seeds its Mersenne Twister from the low 32 bits only; hashing the key mixes it into them (the hash
+        # of a tuple of ints does not vary between processes).
+        generator.manual_seed(hash((self.seed, self.epoch, sample_id)) % 2**32)
+        try:
+            return self.transform(image)
+        finally:
+            generator.set_state(state)
 
 
 class ShardSampler(Sampler[int]):
@@ -74,18 +90,18 @@ class TorchLoader:
     len() = batches per epoch, the same on every rank; set_epoch() before each epoch."""
 
     def __init__(self, dataset: SampleTableDataset, sampler: ShardSampler, batch_size: int, num_workers: int, pin_memory: bool):
-        self.sampler = sampler
+        self.dataset, self.sampler = dataset, sampler
+        # The DataLoader draws a seed from this generator at every pass (unused: the dataset seeds its transform
+        # per sample); a generator of its own keeps that draw off the global RNG.
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-            persistent_workers=False, worker_init_fn=_seed_worker,
+            persistent_workers=False, generator=torch.Generator(),
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start_batch)
-        # Augmentation randomness follows (seed, epoch, rank, position): ranks draw different crops, and a
-        # resumed epoch sees the same ones.
-        key = (self.sampler.seed, epoch, self.sampler.rank, start_batch)
-        self.loader.generator = torch.Generator().manual_seed(hash(key) % 2**63)
+        # Workers are started at each pass (persistent_workers=False), so they see the new epoch too.
+        self.dataset.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -95,13 +111,9 @@ class TorchLoader:
             yield images, labels.long(), ids.long()
 
 
-def _seed_worker(worker_id: int) -> None:
-    torch.manual_seed(torch.initial_seed() % 2**63 + worker_id)
-
-
 def build_torch_loader(table: SampleTable, *, train: bool, batch_size: int, image_size: int, mean: list[float],
                        std: list[float], augment: str, rank: int, world_size: int, seed: int, num_threads: int,
                        device_id: int | None) -> TorchLoader:
     transform = build_transform(train=train, image_size=image_size, augment=augment, mean=mean, std=std)
     sampler = ShardSampler(len(table), shuffle=train, seed=seed, rank=rank, world_size=world_size, batch_size=batch_size)
-    return TorchLoader(SampleTableDataset(table, transform), sampler, batch_size, num_threads, pin_memory=device_id is not None)
+    return TorchLoader(SampleTableDataset(table, transform, seed), sampler, batch_size, num_threads, pin_memory=device_id is not None)

@@ -1,0 +1,54 @@
+"""The torch DataLoader path: its augmentation is fixed by the seed, whatever the process, position or global RNG."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from curvenet_dist.data.sample_table import SampleTable
+from curvenet_dist.data.torch_loader import build_torch_loader
+
+NUM_SAMPLES = 12
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(NUM_SAMPLES):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        paths.append(f"{i}.png")
+    labels = np.arange(NUM_SAMPLES) % 2
+    return SampleTable(folder, paths, labels, labels, 2)
+
+
+def epoch_batches(table, epoch, *, start_batch=0, num_workers=0, rank=0, world_size=1, seed=0):
+    loader = build_torch_loader(table, train=True, batch_size=3, image_size=8, mean=[0.5] * 3, std=[0.5] * 3,
+                                augment="crop_flip", rank=rank, world_size=world_size, seed=seed,
+                                num_threads=num_workers, device_id=None)
+    loader.set_epoch(epoch, start_batch)
+    return [(images, ids) for images, _, ids in loader]
+
+
+def test_a_resumed_epoch_sees_the_crops_of_the_uninterrupted_one(table):
+    torch.manual_seed(1)
+    whole = epoch_batches(table, epoch=3)
+    torch.manual_seed(2)  # a restarted process: another global RNG state
+    resumed = epoch_batches(table, epoch=3, start_batch=2)
+    assert len(resumed) == len(whole) - 2
+    for (images, ids), (expected_images, expected_ids) in zip(resumed, whole[2:]):
+        assert torch.equal(ids, expected_ids) and torch.equal(images, expected_images)
+
+
+def test_crops_depend_on_seed_and_epoch_not_on_workers_and_leave_the_global_rng_alone(table):
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    in_process = epoch_batches(table, epoch=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    in_workers = epoch_batches(table, epoch=1, num_workers=2)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(in_process, in_workers))
+    for other in (epoch_batches(table, epoch=2), epoch_batches(table, epoch=1, seed=1)):
+        by_id = {int(i): image for images, ids in other for i, image in zip(ids, images)}
+        assert any(not torch.equal(by_id[int(i)], image) for images, ids in in_process for i, image in zip(ids, images))
