@@ -276,10 +276,11 @@ class MetaConfig:
 
 @dataclass
 class SLMOConfig:
-    skip_layers: int = 3
+    skip_layers: int = 2
     """Keep the stem and the first k stages out of the virtual step (0: full meta step). Checked against the
-    backbone's stage count. 3 leaves a CIFAR ResNet's last stage out too (only the head is virtually updated),
-    the paper's SL=3; see docs/BENCHMARKS.md for the cost of each value."""
+    backbone's stage count. 2 is the paper's SL=3 (the reference's fro_stage=3: the stem and stages 1-2 out, the
+    last stage and the head virtually updated); 3 on a CIFAR ResNet leaves only the head, whose meta-gradient was
+    too weak to learn the within-class signal (docs/DESIGN.md §9). docs/BENCHMARKS.md has each value's cost."""
 
     def validate(self) -> None:
         _positive("slmo.skip_layers", self.skip_layers, allow_zero=True)
