@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import zarr
+from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from curvenet_dist.bench.__main__ import main as bench
@@ -41,12 +42,16 @@ def test_grid_end_to_end_resumes_and_scores_the_detector(tmp_path, capsys, monke
     assert len(complete) == 3
     mislabeled = store["label"][:] != store["true_label"][:]
     expected = roc_auc_score(mislabeled, store["loss"][:][:, complete].mean(1))
-    assert abs(cell["detector_auroc"]["mean"] - expected) < 1e-9 and figures["detector_auroc"] == cell["detector_auroc"]["mean"]
+    assert abs(cell["detector_auroc"]["mean"] - expected) < 1e-9
+    assert figures["detector_auroc"] == cell["detector_auroc"]["mean"]
 
     table = (tmp_path / "docs" / "grid.md").read_text()
     assert "## prop-imb10-n0.4" in table and "| curvenet |" in table and f"{expected:.4f}" in table
     assert (tmp_path / "docs" / "grid.png").stat().st_size > 0
-    assert (tmp_path / "runs" / "mlflow.db").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (summary,) = client.search_runs([client.get_experiment_by_name("grid").experiment_id], "tags.stage = 'grid'")
+    assert summary.data.metrics["curvenet_mean_acc"] == figures["summary"]["curvenet"]["mean_acc"]
+    assert {"grid.md", "grid.png", "grid.json"} <= {a.path for a in client.list_artifacts(summary.info.run_id)}
 
     metrics = sorted((tmp_path / "runs").glob("*/metrics.json"))
     assert len(metrics) == 3

@@ -197,20 +197,24 @@ def markdown(cells: list[dict], means: dict, detector: dict | None, arguments: a
 
 def plot(cells: list[dict], means: dict, detector: dict | None, path: Path) -> None:
     """Grouped bars per cell and over cells, one bar per method (and the detector's AUROC), error bars over seeds."""
-    groups = [(cell["name"], cell["methods"], cell["detector_auroc"]) for cell in cells] + [("mean", means, detector)]
+    groups = [(cell["name"], cell["methods"], cell["detector_auroc"]) for cell in cells]
+    groups.append(("mean over cells", means, detector))
     methods = list(means)
     figure, axes = plt.subplots(2, 1, figsize=(max(7, 1.6 * len(groups)), 7), sharex=True)
     for axis, figure_key, label in ((axes[0], "test_acc", "test accuracy"), (axes[1], "noise_auroc", "noise AUROC")):
         bars = [(method, [figures[method][figure_key] for _, figures, _ in groups]) for method in methods]
         if figure_key == "noise_auroc":
+            # CE's weights are all 1: no AUROC, no bar.
+            bars = [(name, values) for name, values in bars if any(values)]
             bars.append(("mean probe loss", [value for _, _, value in groups]))
         width = 0.8 / len(bars)
         for index, (name, values) in enumerate(bars):
             positions = np.arange(len(groups)) + (index - (len(bars) - 1) / 2) * width
-            axis.bar(positions, [v["mean"] if v else 0 for v in values], width, yerr=[v["std"] if v else 0 for v in values],
-                     capsize=3, label=name, hatch="//" if name == "mean probe loss" else None)
+            style = {"color": f"C{methods.index(name)}"} if name in methods else {"color": "lightgrey", "hatch": "//"}
+            axis.bar(positions, [v["mean"] if v else 0 for v in values], width,
+                     yerr=[v["std"] if v else 0 for v in values], capsize=3, label=name, **style)
         axis.set_ylabel(label)
-        axis.set_ylim(0.4 if figure_key == "noise_auroc" else 0, 1)
+        axis.set_ylim(0, 1)
         axis.legend(fontsize=8, ncols=len(bars))
     axes[1].set_xticks(range(len(groups)), [name for name, _, _ in groups], fontsize=8)
     figure.tight_layout()
