@@ -68,6 +68,13 @@ def report_error(line: str, speak: bool, record: bool) -> None:
         Path(error_file).write_text(json.dumps({"message": message}))
 
 
+def lost_a_peer(error: RuntimeError) -> bool:
+    """Whether a collective failed because another process of the job is gone (gloo's and NCCL's errors)."""
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistBackendError) or "Connection closed by peer" in str(error)
+
+
 def first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -105,6 +112,18 @@ def run_stage(stage: str, argv: list[str]) -> None:
     except Preempted:
         end_active_run("KILLED")
         sys.exit(PREEMPTED_EXIT_CODE)
+    except KeyboardInterrupt:
+        end_active_run("KILLED")
+        raise
+    except RuntimeError as error:
+        end_active_run("FAILED")
+        if context is None or context.world_size == 1 or not lost_a_peer(error):
+            raise
+        # Another process stopped first, with its own error (the root cause in torchrun's summary); this
+        # process's traceback of the broken collective would only bury it.
+        print(f"note: rank {context.rank} stopped because another process of the job ended", file=sys.stderr,
+              flush=True)
+        sys.exit(1)
     except BaseException:
         end_active_run("FAILED")
         raise
