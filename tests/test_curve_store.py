@@ -118,3 +118,12 @@ def test_gathered_recordings_keep_the_first_value_of_a_repeated_id_and_name_miss
         first_value_by_id(ids, values, 5)
     with pytest.raises(RuntimeError, match="ids >= 3"):
         first_value_by_id(ids, values, 3)
+
+
+def test_a_probe_folder_the_features_cannot_be_saved_in_is_named(tmp_path):
+    from curvenet_dist.curves.features import curve_features
+
+    store = random_store(tmp_path / "c.zarr")
+    store.features_dir.write_text("a file where the features folder goes")
+    with pytest.raises(CurveStoreError, match="cannot save the curve features beside .*c.zarr"):
+        curve_features(store, 2, False)

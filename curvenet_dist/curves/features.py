@@ -79,11 +79,15 @@ def curve_features(store: CurveStore, skip_epochs: int, normalize_std: bool) -> 
     path = features_path(store, skip_epochs, normalize_std)
     if (not dist.is_initialized() or dist.get_rank() == 0) and not path.exists():
         features = class_normalized_curves(store, skip_epochs, normalize_std)
-        path.parent.mkdir(exist_ok=True)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as file:
-            np.save(file, features)
-        os.replace(temporary, path)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with open(temporary, "wb") as file:
+                np.save(file, features)
+            os.replace(temporary, path)
+        except OSError as error:
+            raise CurveStoreError(f"cannot save the curve features beside {store.path}: {error}; the allocate "
+                                  f"stage needs the probe folder writable") from None
     if dist.is_initialized():
         dist.barrier()
     return np.load(path, mmap_mode="c")
