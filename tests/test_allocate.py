@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.tracking.report import class_relative
 from tests.conftest import QUICKSTART, REPO, TINY, assert_clean_error, torchrun
 
 pytestmark = pytest.mark.slow
@@ -45,13 +47,16 @@ def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, me
     with open(run_dir / "suspects.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(weights) == metrics["num_samples"]
-    assert [float(r["weight"]) for r in rows] == sorted(float(r["weight"]) for r in rows)
+    # Most likely mislabeled first: the lowest weight relative to the sample's class.
+    relative = class_relative(weights, CurveStore.open(probe_run / "curves.zarr", mode="r").labels)
+    ranked = relative[[int(r["sample_id"]) for r in rows]]
+    assert (np.diff(ranked) >= 0).all()
     assert {"given_label", "predicted_label", "true_label"} <= rows[0].keys()
     assert (run_dir / "confusion_matrix.png").exists() and (run_dir / "weights_by_class.png").exists()
     if method == "ce":
         assert (weights == 1).all() and "noise_auroc" not in metrics
     else:
-        assert ((weights > 0) & (weights < 1)).all()
+        assert ((weights > 0) & (weights < 1.03)).all()
         assert 0 <= metrics["noise_auroc"] <= 1 and 0 <= metrics["noise_ap"] <= 1
     assert "done: test accuracy" in result.stdout
 
