@@ -254,7 +254,10 @@ class MetaConfig:
     """Meta batch size per rank."""
     source: str = "carved"
     """`carved` (bias.meta_per_class clean samples), `split` (the dataset's own meta split) or `lowest_loss`
-    (the per_class lowest mean-probe-loss samples of each class; no clean data needed)."""
+    (the per_class lowest mean-probe-loss samples of each class; no clean data needed). Dynamic Loss only:
+    `hierarchical` (each epoch, per class, half the smallest class's count drawn from the training set, the
+    lower-loss half kept; no clean data needed) or `hierarchical_clean` (that sample plus the carved, else the
+    split, clean set)."""
     per_class: int = 10
     """For `lowest_loss`: samples per class."""
     weight_scale: str = "auto"
@@ -268,10 +271,37 @@ class MetaConfig:
 
     def validate(self) -> None:
         _choice("meta.sync", self.sync, ("exact", "local"))
-        _choice("meta.source", self.source, ("carved", "split", "lowest_loss"))
+        _choice("meta.source", self.source, ("carved", "split", "lowest_loss", "hierarchical", "hierarchical_clean"))
         _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch", "dataset"))
         for key in ("lr", "interval", "batch_size", "per_class", "scale_samples"):
             _positive(f"meta.{key}", getattr(self, key))
+
+
+@dataclass
+class DynamicLossConfig:
+    """`method=dynamic_loss` (DESIGN.md §6); the defaults are the reference code's."""
+
+    buckets: int = 100
+    """How many loss-rank buckets per class the label corrector tells apart."""
+    hidden: int = 64
+    """Width of the bucket and class embeddings and of the corrector's and generator's hidden layers."""
+    warmup_epochs: int = 5
+    """Plain CE epochs first, in which the corrector learns to reproduce the given labels."""
+    lr: float = 3e-3
+    """Adam LR of the corrector and generator (meta.lr is CurveNet's and MW-Net's)."""
+    weight_decay: float = 0.0
+    """Adam weight decay of the corrector and generator."""
+
+    def validate(self) -> None:
+        if self.buckets < 2:
+            raise ConfigError(f"dynamic_loss.buckets={self.buckets} must be >= 2: one bucket cannot rank samples")
+        _positive("dynamic_loss.hidden", self.hidden)
+        _positive("dynamic_loss.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        _positive("dynamic_loss.lr", self.lr)
+        _positive("dynamic_loss.weight_decay", self.weight_decay, allow_zero=True)
+
+
+HIERARCHICAL_SOURCES = ("hierarchical", "hierarchical_clean")
 
 
 @dataclass
@@ -306,14 +336,26 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
     method: str = "curvenet"
-    """Allocate-stage weighting: `curvenet`, `mwnet` (Meta-Weight-Net) or `ce` (every weight 1)."""
+    """Allocate-stage weighting: `curvenet`, `mwnet` (Meta-Weight-Net), `dynamic_loss` (label corrector and margin
+    generator; needs meta.source=hierarchical or hierarchical_clean) or `ce` (every weight 1)."""
     curvenet: CurveNetConfig = field(default_factory=CurveNetConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
+    dynamic_loss: DynamicLossConfig = field(default_factory=DynamicLossConfig)
     slmo: SLMOConfig = field(default_factory=SLMOConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
-        _choice("method", self.method, ("curvenet", "mwnet", "ce"))
+        _choice("method", self.method, ("curvenet", "mwnet", "dynamic_loss", "ce"))
+        if self.method == "dynamic_loss":
+            if self.meta.source not in HIERARCHICAL_SOURCES:
+                raise ConfigError(f"meta.source={self.meta.source!r} is not allowed for method=dynamic_loss; choose "
+                                  f"one of: {', '.join(HIERARCHICAL_SOURCES)}")
+            if self.meta.weight_scale not in ("auto", "none"):
+                raise ConfigError(f"meta.weight_scale={self.meta.weight_scale!r} does not apply to "
+                                  f"method=dynamic_loss (its trust weights mix targets); use auto or none")
+        elif self.meta.source in HIERARCHICAL_SOURCES:
+            raise ConfigError(f"meta.source={self.meta.source!r} is Dynamic Loss's; method={self.method!r} takes "
+                              f"carved, split or lowest_loss")
         if self.meta.weight_scale == "dataset" and self.method == "mwnet":
             raise ConfigError("meta.weight_scale='dataset' needs inputs fixed per sample (CurveNet's curves); "
                               "Meta-Weight-Net's input is the current loss: use auto, batch or none")

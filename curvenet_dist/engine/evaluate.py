@@ -28,6 +28,25 @@ def predict(model: torch.nn.Module, loader, device: torch.device, num_samples: i
             gather_by_id(ids, torch.cat(losses), num_samples))
 
 
+def losses_and_samples(model: torch.nn.Module, loader, device: torch.device, num_samples: int, autocast,
+                       generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample's cross-entropy against its given label and one class drawn from its predicted distribution
+    (a hard Gumbel-softmax sample at tau 1), indexed by id; `generator` (on the model's device) draws the classes."""
+    model.eval()
+    ids, losses, samples = [], [], []
+    with torch.no_grad():
+        for images, labels, batch_ids in loader:
+            with autocast():
+                logits = model(images.to(device, non_blocking=True))
+            logits = logits.float()
+            losses.append(F.cross_entropy(logits, labels.to(device, non_blocking=True), reduction="none"))
+            samples.append(torch.multinomial(logits.softmax(1), 1, generator=generator).squeeze(1))
+            ids.append(batch_ids.to(device))
+    model.train()
+    ids = torch.cat(ids)
+    return gather_by_id(ids, torch.cat(losses), num_samples), gather_by_id(ids, torch.cat(samples), num_samples)
+
+
 def accuracy_report(predictions: np.ndarray, labels: np.ndarray, train_counts: np.ndarray) -> dict:
     """test_acc, per_class_acc (list), many_acc, medium_acc, few_acc: fractions."""
     num_classes = len(train_counts)

@@ -4,6 +4,12 @@ distributed meta-gradients.
 The train batch is forwarded once: its graph serves both the virtual step (create_graph, top parameters only)
 and the actual step. The bottom parts are unchanged in w_hat, so the meta batch's bottom features are computed
 once without a graph and the second-order backward stops at the first top part (paper eq. 10).
+
+What the meta-net controls is the per-sample training loss, behind one seam (`training_loss`): given the train
+batch's logits, labels, cross-entropies and per-sample inputs, it returns the per-sample loss, differentiable in
+the meta-net's parameters when `track_meta`, and the per-sample weight to report. CurveNet and Meta-Weight-Net
+weigh the cross-entropy (`WeightedCrossEntropy`); Dynamic Loss corrects the target and adds margins
+(models/dynamic_loss.py).
 """
 from __future__ import annotations
 
@@ -30,10 +36,25 @@ class IterationResult:
     losses: torch.Tensor
     """Per-sample cross-entropy of the train batch [B], detached."""
     weights: torch.Tensor
-    """Per-sample weights [B] used by the actual step (from the updated weighting net)."""
+    """Per-sample weights [B] used by the actual step (from the updated weighting net; Dynamic Loss: the trust
+    weight w)."""
     meta_loss: torch.Tensor | None
     """Meta-batch cross-entropy at w_hat, averaged over ranks (a 0-d tensor, left on the device so the hot path
     never waits for it); None when the weighting net was not updated."""
+
+
+class WeightedCrossEntropy:
+    """CurveNet / Meta-Weight-Net: the weighting net's weight, scaled, times each sample's cross-entropy. The
+    inputs are CurveNet's curves (MW-Net reads the loss instead)."""
+
+    def __init__(self, weighting_net: nn.Module, scale: WeightScale):
+        self.weighting_net, self.scale = weighting_net, scale
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor,
+                 inputs: torch.Tensor | None, track_meta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(track_meta and torch.is_grad_enabled()):
+            weights = self.scale(self.weighting_net(inputs, labels, losses.detach()), self.weighting_net)
+        return weights * losses, weights.detach()
 
 
 def _cloned(buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -54,10 +75,12 @@ class MetaIteration:
         sync: str = "exact",
         weight_scale: WeightScale | None = None,
         virtual_rule: str = "optimizer",
+        training_loss=None,
     ):
         """`virtual_rule`: `optimizer` moves w_hat as the classifier's SGD would (momentum, weight decay, Nesterov;
         CurveNet's reference code, through `higher`); `sgd` is Meta-Weight-Net's reference virtual step, plain
-        w - lr * g at the current LR."""
+        w - lr * g at the current LR. `training_loss`: the seam above; by default the weighting net's weight times
+        the cross-entropy."""
         if not isinstance(model, StagedNet):
             raise TypeError(f"MetaIteration needs the bare StagedNet classifier (not DDP-wrapped), got {type(model)}")
         if sync not in SYNC_MODES:
@@ -73,6 +96,8 @@ class MetaIteration:
         self.sync = sync
         self.scale = weight_scale or WeightScale("none", sync)
         self.virtual_rule = virtual_rule
+        self.training_loss = (training_loss or WeightedCrossEntropy(weighting_net, self.scale)
+                              if weighting_net is not None else None)
         self.split = split_layers(model, skip_layers)
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
         self.top = PartRange(model, self.split.bottom_part_count)
@@ -86,7 +111,7 @@ class MetaIteration:
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
-        curves: torch.Tensor | None,
+        inputs: torch.Tensor | None,
         meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
         fixed_weights: torch.Tensor | None = None,
     ) -> IterationResult:
@@ -101,16 +126,17 @@ class MetaIteration:
 
         meta_loss = None
         if self.weighting_net is not None and meta_batch is not None:
-            meta_loss = self._update_weighting_net(losses, labels, curves, *meta_batch)
+            meta_loss = self._update_weighting_net(logits, losses, labels, inputs, *meta_batch)
 
-        with torch.no_grad():
-            if fixed_weights is not None:
-                weights = fixed_weights
-            elif self.weighting_net is None:
-                weights = torch.ones_like(losses)
-            else:
-                weights = self.scale(self.weighting_net(curves, labels, losses.detach()), self.weighting_net)
-        (weights * losses).mean().backward()
+        if fixed_weights is not None:
+            weights = fixed_weights
+            sample_losses = weights * losses
+        elif self.weighting_net is None:
+            weights = torch.ones_like(losses)
+            sample_losses = losses
+        else:
+            sample_losses, weights = self.training_loss(logits, labels, losses, inputs, track_meta=False)
+        sample_losses.mean().backward()
         # The classifier is not wrapped in DDP: its forwards go through PartRange and functional_call, and DDP's
         # gradient hooks only fire for a forward through the DDP module itself. So average the gradients here,
         # in one collective; the running statistics ride along so every replica evaluates the same.
@@ -121,17 +147,18 @@ class MetaIteration:
 
     def _update_weighting_net(
         self,
+        logits: torch.Tensor,
         losses: torch.Tensor,
         labels: torch.Tensor,
-        curves: torch.Tensor | None,
+        inputs: torch.Tensor | None,
         meta_images: torch.Tensor,
         meta_labels: torch.Tensor,
     ) -> torch.Tensor:
         top_parameters = self.virtual_parameters
         # Virtual step (paper eq. 11) on the top parameters only (SLMO).
-        weights = self.scale(self.weighting_net(curves, labels, losses.detach()), self.weighting_net)
+        sample_losses, _ = self.training_loss(logits, labels, losses, inputs, track_meta=True)
         virtual_grads = torch.autograd.grad(
-            (weights * losses).mean(), list(top_parameters.values()), create_graph=True, retain_graph=True
+            sample_losses.mean(), list(top_parameters.values()), create_graph=True, retain_graph=True
         )
         if self.sync == "exact":
             # Equal batch sizes per rank: the mean of rank means is the union batch's mean gradient.

@@ -1,0 +1,73 @@
+"""Dynamic Loss (Jiang et al.): a label corrector and a margin generator, meta-learned like CurveNet (DESIGN.md §6).
+
+The corrector maps a sample's loss-rank bucket within its given class, and that class, to a trust weight w in
+(0, 1); the corrected target is w * onehot(given) + (1 - w) * onehot(y_pred), y_pred a sample of the classifier's
+own prediction. The generator gives per-class additive logit margins m, used in training only. The training loss is
+soft-CE(z + m, corrected target).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# The reference's initial corrector bias: every trust weight starts near sigmoid(3.98) = 0.98 (trust the labels).
+INITIAL_TRUST_LOGIT = 3.98
+# The reference's initial margin bias: equal margins for every class, which leave the softmax unchanged.
+INITIAL_MARGIN = 1.0
+
+
+def _mlp(hidden: int, outputs: int, bias: float) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                        nn.Linear(hidden, outputs))
+    for layer in net[::2]:
+        nn.init.xavier_normal_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    nn.init.constant_(net[-1].bias, bias)
+    return net
+
+
+class DynamicLoss(nn.Module):
+    def __init__(self, num_classes: int, buckets: int = 100, hidden: int = 64):
+        super().__init__()
+        self.num_classes, self.buckets = num_classes, buckets
+        self.bucket_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(buckets, hidden)))
+        self.corrector = _mlp(hidden, num_classes, INITIAL_TRUST_LOGIT)
+        self.class_feature = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, hidden)))
+        self.generator = _mlp(hidden, num_classes, INITIAL_MARGIN)
+
+    def trust(self, buckets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """w [B] in (0, 1): the corrector's output for each sample's rank bucket, the given class's column."""
+        logits = self.corrector(self.bucket_embedding[buckets])
+        return torch.sigmoid(logits.gather(1, labels.unsqueeze(1))).squeeze(1)
+
+    def margins(self) -> torch.Tensor:
+        """m [C]: the additive logit margin of each class."""
+        return self.generator(self.class_feature).squeeze(0)
+
+
+class DynamicLossTraining:
+    """The Dynamic Loss training loss for MetaIteration. A sample's inputs are its (rank bucket, y_pred) pair
+    ([B, 2] long), both fixed for the epoch; the weight reported per sample is its trust weight w."""
+
+    def __init__(self, net: DynamicLoss):
+        self.net = net
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, inputs: torch.Tensor,
+                 track_meta: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(track_meta and torch.is_grad_enabled()):
+            trust = self.net.trust(inputs[:, 0], labels)
+            margins = self.net.margins()
+        given = F.one_hot(labels, self.net.num_classes).to(trust.dtype)
+        predicted = F.one_hot(inputs[:, 1], self.net.num_classes).to(trust.dtype)
+        target = trust.unsqueeze(1) * given + (1 - trust.unsqueeze(1)) * predicted
+        loss = -(target * F.log_softmax(logits + margins, dim=1)).sum(1)
+        return loss, trust.detach()
+
+
+def warmup_corrector_loss(net: DynamicLoss, buckets: torch.Tensor, labels: torch.Tensor,
+                          given_probability: torch.Tensor) -> torch.Tensor:
+    """The reference's warm-up objective for the corrector: the corrected target (with the softmax prediction,
+    whose given-class entry is `given_probability`) should reproduce the given label, -log(w + (1 - w) p_y)."""
+    trust = net.trust(buckets, labels)
+    return -torch.log(trust + (1 - trust) * given_probability + 1e-8).mean()

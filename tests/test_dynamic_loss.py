@@ -1,0 +1,125 @@
+"""Dynamic Loss's pieces: the corrector and generator, its training loss through MetaIteration's seam (checked
+against a plain reference step), rank buckets, the hierarchical sample and the config's refusals."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from curvenet_dist.config import ConfigError, load_config
+from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets
+from curvenet_dist.meta.meta_iteration import MetaIteration
+from curvenet_dist.meta.virtual_step import virtual_sgd_step
+from curvenet_dist.models.cifar_resnet import cifar_resnet
+from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining
+from tests.test_meta import NUM_CLASSES, assert_same_tensors, make_batch
+
+BUCKETS = 5
+
+
+def make_run():
+    torch.manual_seed(0)
+    model = cifar_resnet(8, NUM_CLASSES).double()
+    net = DynamicLoss(NUM_CLASSES, BUCKETS, hidden=16).double()
+    return (model, net, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
+            torch.optim.Adam(net.parameters(), lr=3e-3))
+
+
+def dynamic_inputs(seed: int, batch_size: int = 8) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, BUCKETS, (batch_size,), generator=generator),
+                        torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)], 1)
+
+
+def reference_loss(net, logits, labels, inputs):
+    """soft-CE(z + m, w onehot(y) + (1 - w) onehot(y_pred)), written out."""
+    w = torch.sigmoid(net.corrector(net.bucket_embedding[inputs[:, 0]]))[torch.arange(len(labels)), labels]
+    target = w[:, None] * F.one_hot(labels, NUM_CLASSES) + (1 - w[:, None]) * F.one_hot(inputs[:, 1], NUM_CLASSES)
+    margins = net.generator(net.class_feature)[0]
+    return -(target * F.log_softmax(logits + margins, 1)).sum(1).mean()
+
+
+def reference_step(model, net, optimizer, net_optimizer, skip_layers, batch, inputs):
+    count = model.bottom_part_count(skip_layers)
+    parameters = dict(model.named_parameters())
+    top_names = [name for name in parameters if int(name.split(".")[1]) >= count]
+    buffers = lambda: {name: b.clone() for name, b in model.named_buffers()}  # noqa: E731
+    logits = functional_call(model, {**parameters, **buffers()}, (batch["images"],))
+    top = [parameters[name] for name in top_names]
+    grads = torch.autograd.grad(reference_loss(net, logits, batch["labels"], inputs), top, create_graph=True)
+    group = optimizer.param_groups[0]
+    w_hat = virtual_sgd_step(top, list(grads), [optimizer.state.get(p, {}).get("momentum_buffer") for p in top],
+                             lr=group["lr"], momentum=group["momentum"], weight_decay=group["weight_decay"])
+    meta_logits = functional_call(model, {**parameters, **dict(zip(top_names, w_hat)), **buffers()},
+                                  (batch["meta_images"],))
+    meta_loss = F.cross_entropy(meta_logits, batch["meta_labels"])
+    for param, grad in zip(net.parameters(), torch.autograd.grad(meta_loss, list(net.parameters()))):
+        param.grad = grad
+    net_optimizer.step()
+    optimizer.zero_grad()
+    logits = model(batch["images"])
+    with torch.no_grad():
+        frozen = copy.deepcopy(net)
+    reference_loss(frozen, logits, batch["labels"], inputs).backward()
+    optimizer.step()
+
+
+def test_corrector_starts_trusting_the_labels_and_margins_start_equal():
+    net = DynamicLoss(10, buckets=100, hidden=64)
+    trust = net.trust(torch.arange(100).repeat(10), torch.arange(10).repeat_interleave(100))
+    assert 0.9 < trust.mean().item() < 1 and trust.min().item() > 0.5
+    assert net.margins().shape == (10,)
+
+
+@pytest.mark.parametrize("skip_layers", [0, 2])
+def test_meta_iteration_with_dynamic_loss_matches_a_reference_step(skip_layers):
+    fast = make_run()
+    reference = copy.deepcopy(fast)
+    iteration = MetaIteration(fast[0], fast[1], fast[2], fast[3], skip_layers,
+                              training_loss=DynamicLossTraining(fast[1]))
+    for seed in (1, 2):
+        batch, inputs = make_batch(seed), dynamic_inputs(seed)
+        result = iteration.step(batch["images"], batch["labels"], inputs, (batch["meta_images"], batch["meta_labels"]))
+        reference_step(*reference, skip_layers, batch, inputs)
+        assert ((result.weights > 0) & (result.weights < 1)).all()
+        assert_same_tensors([p.grad for p in fast[1].parameters()], [p.grad for p in reference[1].parameters()])
+        assert_same_tensors(fast[1].parameters(), reference[1].parameters())
+        assert_same_tensors(fast[0].state_dict().values(), reference[0].state_dict().values())
+    # Both the corrector and the generator learn from the meta loss.
+    assert fast[1].corrector[-1].weight.grad.abs().sum() > 0 and fast[1].generator[-1].weight.grad.abs().sum() > 0
+
+
+def test_rank_buckets_rank_within_each_given_class():
+    losses = np.array([0.5, 0.1, 0.9, 3.0, 2.0, 1.0, 0.3, 0.2])
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    buckets = rank_buckets(losses, labels, 2)
+    # class 0 by loss: ids 1, 6, 0, 2 -> buckets 0, 0, 1, 1; class 1: ids 7, 5, 4, 3 -> 0, 0, 1, 1.
+    np.testing.assert_array_equal(buckets, [1, 0, 1, 1, 1, 0, 0, 0])
+    assert rank_buckets(losses, labels, 100).max() < 100
+
+
+def test_hierarchical_sample_is_balanced_low_loss_and_seeded():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), [40, 100, 200])
+    losses = rng.random(len(labels))
+    rows = hierarchical_sample(losses, labels, 3, seed=0, epoch=1)
+    # Half the smallest class (20) drawn per class, the lower-loss half (10) kept.
+    np.testing.assert_array_equal(np.bincount(labels[rows], minlength=3), [10, 10, 10])
+    assert losses[rows].mean() < losses.mean() - 0.15
+    np.testing.assert_array_equal(rows, hierarchical_sample(losses, labels, 3, seed=0, epoch=1))
+    assert not np.array_equal(rows, hierarchical_sample(losses, labels, 3, seed=0, epoch=2))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=dynamic_loss", "meta.source=carved"], "meta.source='carved' is not allowed for method=dynamic_loss"),
+    (["method=dynamic_loss", "meta.source=hierarchical", "dynamic_loss.buckets=1"], "dynamic_loss.buckets=1 must be >= 2"),
+    (["method=curvenet", "meta.source=hierarchical"], "meta.source='hierarchical' is Dynamic Loss's"),
+    (["method=dynamic_loss", "meta.source=hierarchical", "meta.weight_scale=batch"], "does not apply to"),
+])
+def test_bad_dynamic_loss_config_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
