@@ -1,5 +1,6 @@
 """The allocate stage: retrain the classifier with per-sample weights from CurveNet, Meta-Weight-Net or none (CE),
-the weighting net meta-learned on a clean meta set (DESIGN.md §5)."""
+the weighting net meta-learned on a clean meta set (DESIGN.md §5), or with Dynamic Loss's corrected targets and
+margins, meta-learned on each epoch's hierarchical sample (§6)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curvenet_dist.config import Config, ConfigError
+from curvenet_dist.config import HIERARCHICAL_SOURCES, Config, ConfigError
 from curvenet_dist.curves.features import class_normalized_curves
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from curvenet_dist.data.datasets import build_splits
@@ -17,14 +18,17 @@ from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.checkpoint import Checkpointer
 from curvenet_dist.engine.components import autocast_for, build_model, check_images_exist, fingerprint, write_json
 from curvenet_dist.engine.distributed import DistributedContext, barrier, broadcast_model
-from curvenet_dist.engine.evaluate import accuracy_report, predict
+from curvenet_dist.engine.evaluate import accuracy_report, losses_and_samples, predict
 from curvenet_dist.engine.lr_schedule import step_lr
 from curvenet_dist.engine.preemption import Preempted, StopSignal
 from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.engine.progress import Progress
+from curvenet_dist.meta.distributed import all_reduce_mean_
+from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, union
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.meta_set import select_meta_set
 from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
+from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
 from curvenet_dist.tracking.report import write_allocate_report
@@ -52,25 +56,33 @@ class MetaBatches:
 class AllocateTrainer:
     def __init__(self, config: Config, context: DistributedContext):
         self.config, self.context = config, context
-        if not config.probe.dir:
+        self.method = config.method
+        # Dynamic Loss ranks samples by their current loss: it needs no probe.
+        if not config.probe.dir and self.method != "dynamic_loss":
             raise ConfigError("probe.dir must name the probe run folder whose curve store this stage reads")
         self.run_dir = Path(config.run.dir)
-        self.probe_dir = Path(config.probe.dir)
+        self.probe_dir = Path(config.probe.dir) if config.probe.dir else None
         self.splits = build_splits(config.data, config.bias)
         train = self.splits.train
         check_images_exist(train, "train", context)
         check_images_exist(self.splits.test, "test", context)
-        store = CurveStore.open(self.probe_dir / CURVE_STORE, mode="r")
-        if store.dataset_fingerprint != train.fingerprint():
+        store = CurveStore.open(self.probe_dir / CURVE_STORE, mode="r") if self.probe_dir else None
+        if store is not None and store.dataset_fingerprint != train.fingerprint():
             raise CurveStoreError(
                 f"{store.path} was recorded on another dataset ({store.num_samples} samples, fingerprint "
                 f"{store.dataset_fingerprint}) than this config's training set ({len(train)} samples, fingerprint "
                 f"{train.fingerprint()}); use the same data and bias settings as the probe run"
             )
         device = context.device
-        self.method = config.method
-        # Plain CE has no weighting net to meta-learn, so it needs no meta set.
-        self.meta_table = select_meta_set(config.meta, self.splits, store) if self.method != "ce" else None
+        # Plain CE has no weighting net to meta-learn, so it needs no meta set; Dynamic Loss draws its own each
+        # epoch, to which `hierarchical_clean` adds this fixed clean set.
+        self.meta_table = None
+        if self.method == "dynamic_loss":
+            if config.meta.source == "hierarchical_clean":
+                clean = dataclasses.replace(config.meta, source="carved" if len(self.splits.carved_meta) else "split")
+                self.meta_table = select_meta_set(clean, self.splits, store)
+        elif self.method != "ce":
+            self.meta_table = select_meta_set(config.meta, self.splits, store)
         if self.meta_table is not None:
             check_images_exist(self.meta_table, "meta", context)
         # Where true labels are known (synthetic noise, audited samples), the epoch's mean weight of clean and of
@@ -93,33 +105,47 @@ class AllocateTrainer:
             broadcast_model(self.weighting_net)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
                                          weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
-        self.weighting_optimizer = (torch.optim.Adam(self.weighting_net.parameters(), lr=config.meta.lr,
-                                                     weight_decay=config.meta.weight_decay)
+        meta_optim = config.dynamic_loss if self.method == "dynamic_loss" else config.meta
+        self.weighting_optimizer = (torch.optim.Adam(self.weighting_net.parameters(), lr=meta_optim.lr,
+                                                     weight_decay=meta_optim.weight_decay)
                                     if self.weighting_net is not None else None)
         self.weight_scale = self._build_weight_scale()
         # Each method's virtual step is its reference code's: CurveNet's follows the classifier's optimizer,
         # Meta-Weight-Net's is a plain SGD step.
         self.iteration = MetaIteration(self.model, self.weighting_net, self.optimizer, self.weighting_optimizer,
                                        self.skip_layers, config.meta.sync, self.weight_scale,
-                                       virtual_rule="sgd" if self.method == "mwnet" else "optimizer")
+                                       virtual_rule="sgd" if self.method == "mwnet" else "optimizer",
+                                       training_loss=(DynamicLossTraining(self.weighting_net)
+                                                      if self.method == "dynamic_loss" else None))
+        # Dynamic Loss's per-sample inputs (rank bucket, sampled prediction) and eval losses of the current epoch,
+        # and the training rows left after its hierarchical sample.
+        self.sample_inputs = self.eval_losses = self.train_rows = None
 
         loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
+        self.loader_arguments = loader_arguments
         self.train_loader = build_loader(config.data, train, train=True, **loader_arguments)
+        self.train_eval_loader = build_loader(config.data, train, train=False, **loader_arguments)
         self.test_loader = build_loader(config.data, self.splits.test, train=False, **loader_arguments)
         self.meta_batches = None
-        if self.meta_table is not None:
-            meta_data = dataclasses.replace(config.data, batch_size=config.meta.batch_size)
-            self.meta_batches = MetaBatches(build_loader(meta_data, self.meta_table, train=True, **loader_arguments))
+        if self.meta_table is not None and self.method != "dynamic_loss":
+            self.meta_batches = MetaBatches(self._meta_loader(self.meta_table))
         self.autocast = autocast_for(config, device)
 
-        self.fingerprint = fingerprint(store.fingerprint, config.method, vars(config.allocate), vars(config.curvenet),
+        self.fingerprint = fingerprint(store.fingerprint if store else train.fingerprint(), config.method,
+                                       vars(config.dynamic_loss) if self.method == "dynamic_loss" else None, vars(config.allocate), vars(config.curvenet),
                                        vars(config.meta), config.slmo.skip_layers, vars(config.optim), config.run.seed)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.fingerprint, config.run.keep_checkpoints)
         self.stop = StopSignal(device)
         self.progress = Progress(context.is_main, f"allocate {self.method}", config.allocate.epochs)
 
+    def _meta_loader(self, table):
+        meta_data = dataclasses.replace(self.config.data, batch_size=self.config.meta.batch_size)
+        return build_loader(meta_data, table, train=True, **self.loader_arguments)
+
     def _build_weighting_net(self) -> torch.nn.Module:
         torch.manual_seed(self.config.run.seed)
+        if self.method == "dynamic_loss":
+            return DynamicLoss(self.splits.num_classes, self.config.dynamic_loss.buckets, self.config.dynamic_loss.hidden)
         if self.method == "mwnet":
             return MetaWeightNet(self.config.curvenet.mwnet_hidden)
         settings = self.config.curvenet
@@ -139,7 +165,12 @@ class AllocateTrainer:
         tags = {"dataset": self.config.data.source, "noise_type": bias.noise_type, "noise_rate": str(bias.noise_rate),
                 "imbalance_factor": str(bias.imbalance_factor), "world_size": str(self.context.world_size),
                 "method": self.method, "skip_layers": str(self.skip_layers), "meta_sync": self.config.meta.sync,
-                "model": self.config.model.name, "probe_dir": str(self.probe_dir.resolve())}
+                "model": self.config.model.name}
+        if self.method != "ce":
+            tags["meta_source"] = self.config.meta.source
+        if self.probe_dir is None:
+            return tags
+        tags["probe_dir"] = str(self.probe_dir.resolve())
         probe_run_id = self.probe_dir / RUN_ID_FILE
         if probe_run_id.is_file():
             tags["probe_run_id"] = probe_run_id.read_text().strip()
@@ -158,8 +189,9 @@ class AllocateTrainer:
         start_epoch, start_batch, wall_before = self._resume()
         barrier()
         tracker = build_tracker(config, self.run_dir, "allocate", self._tags(), context.is_main)
-        meta = (f"meta set {len(self.meta_table)} ({config.meta.source}), skip_layers {self.skip_layers}, meta.sync "
-                f"{config.meta.sync}, " if self.meta_table is not None else "")
+        meta_size = f"{len(self.meta_table)} " if self.meta_table is not None else ""
+        meta = (f"meta set {meta_size}({config.meta.source}), skip_layers {self.skip_layers}, meta.sync "
+                f"{config.meta.sync}, " if self.weighting_net is not None else "")
         self.progress.say(f"method {self.method}, {len(self.splits.train)} training samples, {meta}"
                           f"{context.world_size} rank(s)")
         if start_epoch or start_batch:
@@ -184,15 +216,16 @@ class AllocateTrainer:
             report, test_predictions = self._evaluate()
         # One pass over the training set (no augmentation) gives the suspects' predictions and MW-Net's losses;
         # it is a collective, so every rank takes part.
-        train_eval_loader = build_loader(config.data, self.splits.train, train=False, rank=context.rank,
-                                         world_size=context.world_size, seed=config.run.seed, device=context.device)
-        train_predictions, train_losses = predict(self.model, train_eval_loader, context.device,
+        train_predictions, train_losses = predict(self.model, self.train_eval_loader, context.device,
                                                   len(self.splits.train), self.autocast)
         weights = self.final_weights(train_losses)
         wall_s = wall_before + time.monotonic() - run_start
         result = {**report, "method": self.method, "skip_layers": self.skip_layers, "meta_sync": config.meta.sync,
                   "epochs": config.allocate.epochs, "world_size": context.world_size, "wall_s": wall_s,
                   "num_samples": len(self.splits.train), "mlflow_run_id": tracker.run_id}
+        if self.method == "dynamic_loss":
+            with torch.no_grad():
+                result["margins"] = [round(m, 6) for m in self.weighting_net.margins().tolist()]
         if context.is_main:
             result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions,
                                                 test_predictions, self.method))
@@ -216,14 +249,20 @@ class AllocateTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         frozen = self.weighting_frozen(epoch)
+        warm = self.method == "dynamic_loss" and epoch < config.dynamic_loss.warmup_epochs and not frozen
+        train_loader = self._start_dynamic_epoch(epoch, start_batch, warm or frozen) \
+            if self.method == "dynamic_loss" else self.train_loader
         fixed_weights = None
         if self.weighting_net is not None and frozen:
             self.weighting_net.requires_grad_(False)
             if self.method == "curvenet":
                 # A frozen CurveNet's weight depends only on the curve and label: compute all of them once.
                 fixed_weights = self.weight_scale.frozen(self.curvenet_weights())
-        self.train_loader.set_epoch(epoch, start_batch)
-        self.progress.start_epoch(epoch, len(self.train_loader) + start_batch)
+        if warm:
+            # The reference's warm-up: plain CE for the classifier while the corrector learns the given labels.
+            fixed_weights = torch.ones(len(self.splits.train), device=device)
+        train_loader.set_epoch(epoch, start_batch)
+        self.progress.start_epoch(epoch, len(train_loader) + start_batch)
         loss_sum = torch.zeros((), device=device)
         weight_sum = torch.zeros((), device=device)
         meta_loss_sum = torch.zeros((), device=device)
@@ -233,19 +272,25 @@ class AllocateTrainer:
         meta_steps = 0
         samples = 0
         self.model.train()
-        for batch, (images, labels, ids) in enumerate(self.train_loader, start=start_batch):
+        for batch, (images, labels, ids) in enumerate(train_loader, start=start_batch):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            curves = self.curves[ids.to(device)] if self.curves is not None else None
+            if self.train_rows is not None:
+                ids = self.train_rows[ids]
+            ids = ids.to(device)
+            inputs = self.curves[ids] if self.curves is not None else None
+            if self.sample_inputs is not None:
+                inputs = self.sample_inputs[ids]
             meta_batch = None
-            if self.weighting_net is not None and not frozen and batch % config.meta.interval == 0:
+            if self.weighting_net is not None and not frozen and not warm and batch % config.meta.interval == 0:
                 meta_batch = tuple(t.to(device, non_blocking=True) for t in self.meta_batches.next())
+            if warm:
+                self._warm_up_corrector(inputs[:, 0], labels, torch.exp(-self.eval_losses[ids]))
             with self.autocast():
-                result = self.iteration.step(images, labels, curves, meta_batch,
-                                             fixed_weights=None if fixed_weights is None else fixed_weights[ids.to(device)])
+                result = self.iteration.step(images, labels, inputs, meta_batch,
+                                             fixed_weights=None if fixed_weights is None else fixed_weights[ids])
             loss_sum += result.losses.sum()
             weight_sum += result.weights.sum()
             if self.mislabeled is not None:
-                ids = ids.to(device)
                 group = self.mislabeled[ids].long()
                 audited = self.audited[ids].float()
                 group_weight_sums.index_add_(0, group, result.weights * audited)
@@ -266,6 +311,42 @@ class AllocateTrainer:
             metrics.update(weight_clean=clean, weight_mislabeled=mislabeled)
         return metrics
 
+    def _start_dynamic_epoch(self, epoch: int, start_batch: int, train_on_all: bool):
+        """Dynamic Loss's epoch inputs from one evaluation pass over the training set: every sample's eval loss,
+        rank bucket and sampled prediction, then (unless `train_on_all`: warm-up, or the corrector frozen) the
+        hierarchical meta sample, which leaves the epoch's training set. Returns the epoch's train loader."""
+        config, device, train = self.config, self.context.device, self.splits.train
+        # A run resumed inside an epoch reuses that epoch's pass, so it trains on the same split as before.
+        if self.eval_losses is None or start_batch == 0:
+            generator = torch.Generator(device).manual_seed(hash((config.run.seed, epoch, self.context.rank)) % 2**32)
+            losses, samples = losses_and_samples(self.model, self.train_eval_loader, device, len(train),
+                                                 self.autocast, generator)
+            self.eval_losses = torch.from_numpy(losses).to(device)
+            self.predicted = torch.from_numpy(samples).to(device)
+        buckets = rank_buckets(self.eval_losses.cpu().numpy(), train.labels, config.dynamic_loss.buckets)
+        self.sample_inputs = torch.stack([torch.from_numpy(buckets).to(device), self.predicted], dim=1)
+        if train_on_all:
+            self.train_rows = None
+            return self.train_loader
+        meta_rows = hierarchical_sample(self.eval_losses.cpu().numpy(), train.labels, self.splits.num_classes,
+                                        config.run.seed, epoch)
+        train_rows = np.setdiff1d(train.ids, meta_rows)
+        self.train_rows = torch.from_numpy(train_rows)
+        meta_table = train.select(meta_rows)
+        if self.meta_table is not None:
+            meta_table = union(meta_table, self.meta_table)
+        meta_epoch = self.meta_batches.epoch if self.meta_batches is not None else 0
+        self.meta_batches = MetaBatches(self._meta_loader(meta_table))
+        self.meta_batches.epoch = meta_epoch
+        return build_loader(config.data, train.select(train_rows), train=True, **self.loader_arguments)
+
+    def _warm_up_corrector(self, buckets: torch.Tensor, labels: torch.Tensor, given_probability: torch.Tensor) -> None:
+        self.weighting_optimizer.zero_grad(set_to_none=True)
+        warmup_corrector_loss(self.weighting_net, buckets, labels, given_probability).backward()
+        parameters = [param for param in self.weighting_net.parameters() if param.grad is not None]
+        all_reduce_mean_([param.grad for param in parameters])
+        self.weighting_optimizer.step()
+
     def _evaluate(self) -> tuple[dict, np.ndarray]:
         """The accuracy report on the test set, and every test sample's prediction."""
         predictions, _ = predict(self.model, self.test_loader, self.context.device, len(self.splits.test),
@@ -281,20 +362,27 @@ class AllocateTrainer:
     @torch.no_grad()
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
         """Every training sample's final weight. CurveNet's depends only on the curve and label; Meta-Weight-Net's
-        on the sample's loss under the final classifier (`train_losses`, taken without augmentation); plain
-        CE's is 1."""
+        on the sample's loss under the final classifier (`train_losses`, taken without augmentation); Dynamic
+        Loss's is the trust weight w of the sample's rank bucket under those losses; plain CE's is 1."""
         if self.method == "ce":
             return np.ones(len(train_losses), np.float32)
         if self.method == "curvenet":
             return self.curvenet_weights().cpu().numpy()
         device = self.context.device
+        if self.method == "dynamic_loss":
+            labels = self.splits.train.labels
+            buckets = rank_buckets(train_losses, labels, self.config.dynamic_loss.buckets)
+            return self.weighting_net.trust(torch.from_numpy(buckets).to(device),
+                                            torch.from_numpy(labels).to(device)).cpu().numpy()
         labels = torch.from_numpy(self.splits.train.labels).to(device)
         return self.weighting_net(None, labels, torch.from_numpy(train_losses).to(device)).cpu().numpy()
 
     def _state(self, wall_s: float) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}
+        if self.eval_losses is not None:
+            state["eval_losses"], state["predicted"] = self.eval_losses, self.predicted
         if self.weighting_net is not None:
-            state["meta_epoch"] = self.meta_batches.epoch
+            state["meta_epoch"] = self.meta_batches.epoch if self.meta_batches is not None else 0
             state["weighting_net"] = self.weighting_net.state_dict()
             state["weighting_optimizer"] = self.weighting_optimizer.state_dict()
         return state
@@ -317,5 +405,8 @@ class AllocateTrainer:
         if self.weighting_net is not None:
             self.weighting_net.load_state_dict(state["weighting_net"])
             self.weighting_optimizer.load_state_dict(state["weighting_optimizer"])
-            self.meta_batches.epoch = state["meta_epoch"]
+            if self.meta_batches is not None:
+                self.meta_batches.epoch = state["meta_epoch"]
+        if "eval_losses" in state:
+            self.eval_losses, self.predicted = state["eval_losses"], state["predicted"]
         return state["epoch"], state["batch"], state["wall_s"]

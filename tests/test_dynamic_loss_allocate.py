@@ -1,0 +1,85 @@
+"""Dynamic Loss in the allocate stage, through real torchrun processes with gloo: the same buckets and meta sample
+on every rank, 1- and 2-rank runs without a probe, and resume after a kill."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import QUICKSTART, REPO, TINY, torchrun
+
+pytestmark = pytest.mark.slow
+DYNAMIC = [*TINY, "method=dynamic_loss", "meta.source=hierarchical", "allocate.epochs=3", "allocate.milestones=[3]",
+           "dynamic_loss.warmup_epochs=1", "dynamic_loss.buckets=10", "meta.batch_size=20", "slmo.skip_layers=2"]
+
+
+def allocate(run_dir, nproc, extra=(), **kwargs):
+    return torchrun("allocate.py", nproc, ["--config", str(QUICKSTART), f"run.dir={run_dir}", *DYNAMIC, *extra],
+                    **kwargs)
+
+
+def test_every_rank_has_the_same_buckets_and_hierarchical_sample(tmp_path):
+    results = {}
+    for nproc in (1, 2):
+        out = tmp_path / str(nproc)
+        out.mkdir()
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   str(REPO / "tests/distributed/hierarchical_worker.py"), "--config", str(QUICKSTART), "--out", str(out)]
+        completed = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                                   text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        results[nproc] = [np.load(out / f"rank{rank}.npz") for rank in range(nproc)]
+    one, (rank0, rank1) = results[1][0], results[2]
+    for key in ("buckets", "sample"):
+        np.testing.assert_array_equal(rank0[key], rank1[key])
+        np.testing.assert_array_equal(rank0[key], one[key])
+    counts = np.bincount(one["labels"][one["sample"]])
+    assert (counts == counts[0]).all() and counts[0] == np.bincount(one["labels"]).min() // 2 // 2
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_dynamic_loss_runs_without_a_probe_and_writes_its_outputs(tmp_path, nproc):
+    run_dir = tmp_path / "run"
+    result = allocate(run_dir, nproc)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["method"] == "dynamic_loss" and metrics["world_size"] == nproc
+    for key in ("test_acc", "many_acc", "medium_acc", "few_acc"):
+        assert 0 <= metrics[key] <= 1
+    assert len(metrics["margins"]) == 10
+    weights = np.load(run_dir / "weights.npy")
+    with open(run_dir / "suspects.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(weights) == metrics["num_samples"]
+    assert ((weights > 0) & (weights < 1)).all() and 0 <= metrics["noise_auroc"] <= 1
+    assert "meta set (hierarchical)" in result.stdout and "done: test accuracy" in result.stdout
+
+
+def test_killed_dynamic_loss_run_resumes_and_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "launch" / "allocate.py"), "--config", str(QUICKSTART), f"run.dir={run_dir}", *DYNAMIC,
+               "allocate.epochs=4", "allocate.milestones=[4]"]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((run_dir / "checkpoints").glob("step-00002-*.pt")):
+        assert time.monotonic() < deadline and process.poll() is None, "no epoch-2 checkpoint appeared"
+        time.sleep(0.2)
+    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob("step-00002-*.pt"))[-1], weights_only=False)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert {"weighting_net", "weighting_optimizer", "eval_losses", "predicted"} <= checkpoint.keys()
+    assert checkpoint["weighting_optimizer"]["state"], "the corrector's Adam state is checkpointed"
+    result = allocate(run_dir, 2, ["allocate.epochs=4", "allocate.milestones=[4]"])
+    resumed = re.search(r"resuming at epoch (\d+)", result.stdout)
+    assert resumed and int(resumed.group(1)) >= 3, result.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 4
