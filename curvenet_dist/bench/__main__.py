@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "curve_overhead": "probe epoch time with and without loss recording",
     "slmo": "plain CE step vs allocate iteration for every skip_layers",
+    "dynamic_loss": "Dynamic Loss epoch (iterations + eval pass) vs plain CE epoch for every skip_layers",
     "loaders": "DALI vs torch DataLoader images/s at 224x224 training transforms",
     "methods": "CE vs Meta-Weight-Net vs CurveNet test accuracy and noise AUROC over seeds",
     "image_check": "images/s of the data_prep image check on small PNG and JPEG files",

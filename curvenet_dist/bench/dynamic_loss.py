@@ -1,0 +1,110 @@
+"""The `dynamic_loss` benchmark: the cost of a Dynamic Loss epoch against a plain CE epoch (issue 9).
+
+A Dynamic Loss epoch is N/B allocate iterations (virtual step, meta step, actual step with corrected targets and
+margins) plus one evaluation pass over the N training samples (ranks and sampled predictions). Both parts are
+timed per batch on the same model and random data, rotating the order round by round and taking medians as the
+`slmo` benchmark does, and combined into the epoch ratio
+    (N/B * iteration + N/E * eval batch) / (N/B * plain step), E the eval batch size,
+for each skip_layers and for a meta step every iteration and every second one (`meta.interval`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional as F
+
+from curvenet_dist.bench.slmo import _timed
+from curvenet_dist.config import SLMOConfig
+from curvenet_dist.meta.meta_iteration import MetaIteration
+from curvenet_dist.models.cifar_resnet import cifar_resnet
+from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining
+
+NUM_CLASSES = 10
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dynamic_loss", description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--meta-batch-size", type=int, default=100)
+    parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds; each times every variant once")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> dict:
+    args = _parse(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    torch.manual_seed(0)
+    model = cifar_resnet(32, NUM_CLASSES).to(device)
+    net = DynamicLoss(NUM_CLASSES).to(device)
+    classifier_optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    net_optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    images = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
+    inputs = torch.stack([torch.randint(0, net.buckets, (args.batch_size,)),
+                          torch.randint(0, NUM_CLASSES, (args.batch_size,))], 1).to(device)
+    meta_batch = (torch.randn(args.meta_batch_size, 3, 32, 32, device=device),
+                  torch.randint(0, NUM_CLASSES, (args.meta_batch_size,), device=device))
+    eval_images = torch.randn(args.eval_batch_size, 3, 32, 32, device=device)
+
+    def plain_step() -> None:
+        classifier_optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), labels).backward()
+        classifier_optimizer.step()
+
+    def eval_batch() -> None:
+        model.eval()
+        with torch.no_grad():
+            torch.multinomial(model(eval_images).softmax(1), 1)
+        model.train()
+
+    variants: dict[str, Callable[[], None]] = {"plain": plain_step, "eval": eval_batch}
+    iterations = {}
+    for skip_layers in range(model.num_stages + 1):
+        iterations[skip_layers] = MetaIteration(model, net, classifier_optimizer, net_optimizer, skip_layers,
+                                                training_loss=DynamicLossTraining(net))
+        variants[f"meta{skip_layers}"] = lambda it=iterations[skip_layers]: it.step(images, labels, inputs, meta_batch)
+    variants["no_meta"] = lambda: iterations[0].step(images, labels, inputs, None)
+
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(args.warmup + args.rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = _timed(variants[name], device)
+            if round_index >= args.warmup:
+                times[name].append(seconds)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    # Per training batch: the evaluation pass's share, N/E eval batches over N/B training batches.
+    eval_per_batch = median["eval"] * args.batch_size / args.eval_batch_size
+    epoch_vs_plain = {
+        f"skip{skip}_interval{interval}": (
+            (median[f"meta{skip}"] + (interval - 1) * median["no_meta"]) / interval + eval_per_batch
+        ) / median["plain"]
+        for skip in range(model.num_stages + 1) for interval in (1, 2)
+    }
+    default = SLMOConfig().skip_layers
+    return {
+        "step_s": median,
+        "epoch_vs_plain": epoch_vs_plain,
+        "eval_pass_share_of_plain_epoch": eval_per_batch / median["plain"],
+        "default_skip_layers": default,
+        "ratio_default_vs_plain": epoch_vs_plain[f"skip{default}_interval1"],
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "meta_batch_size": args.meta_batch_size,
+        "eval_batch_size": args.eval_batch_size,
+        "rounds": args.rounds,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:])))
