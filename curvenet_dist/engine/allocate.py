@@ -31,22 +31,29 @@ from curvenet_dist.tracking.report import write_allocate_report
 
 
 class MetaBatches:
-    """An endless stream of meta batches: the meta loader, reshuffled each time it runs out."""
+    """An endless stream of meta batches: the meta loader, reshuffled each time it runs out. Its position (epoch,
+    batch) is checkpointed, so a resumed run draws the same meta batches as an uninterrupted one."""
 
     def __init__(self, loader):
-        self.loader, self.epoch, self.iterator = loader, 0, None
+        self.loader, self.epoch, self.batch, self.iterator = loader, 0, 0, None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         while True:
             if self.iterator is None:
-                self.loader.set_epoch(self.epoch)
-                self.epoch += 1
+                self.loader.set_epoch(self.epoch, self.batch)
                 self.iterator = iter(self.loader)
             try:
                 images, labels, _ = next(self.iterator)
+                self.batch += 1
                 return images, labels
             except StopIteration:
-                self.iterator = None
+                self.iterator, self.epoch, self.batch = None, self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch, self.iterator = state["epoch"], state["batch"], None
 
 
 class AllocateTrainer:
@@ -294,7 +301,7 @@ class AllocateTrainer:
     def _state(self, wall_s: float) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}
         if self.weighting_net is not None:
-            state["meta_epoch"] = self.meta_batches.epoch
+            state["meta_batches"] = self.meta_batches.state_dict()
             state["weighting_net"] = self.weighting_net.state_dict()
             state["weighting_optimizer"] = self.weighting_optimizer.state_dict()
         return state
@@ -317,5 +324,5 @@ class AllocateTrainer:
         if self.weighting_net is not None:
             self.weighting_net.load_state_dict(state["weighting_net"])
             self.weighting_optimizer.load_state_dict(state["weighting_optimizer"])
-            self.meta_batches.epoch = state["meta_epoch"]
+            self.meta_batches.load_state_dict(state["meta_batches"])
         return state["epoch"], state["batch"], state["wall_s"]
