@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from curvenet_dist.config import Config, ConfigError
 from curvenet_dist.curves.features import class_normalized_curves
@@ -106,9 +107,12 @@ class AllocateTrainer:
         self.weight_scale = self._build_weight_scale()
         # Each method's virtual step is its reference code's: CurveNet's follows the classifier's optimizer,
         # Meta-Weight-Net's is a plain SGD step.
+        data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                 broadcast_buffers=False) if context.world_size > 1 else None)
         self.iteration = MetaIteration(self.model, self.weighting_net, self.optimizer, self.weighting_optimizer,
                                        self.skip_layers, config.meta.sync, self.weight_scale,
-                                       virtual_rule="sgd" if self.method == "mwnet" else "optimizer")
+                                       virtual_rule="sgd" if self.method == "mwnet" else "optimizer",
+                                       data_parallel=data_parallel)
 
         loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
         self.train_loader = build_loader(config.data, train, train=True, **loader_arguments)

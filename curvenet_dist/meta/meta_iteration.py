@@ -54,10 +54,13 @@ class MetaIteration:
         sync: str = "exact",
         weight_scale: WeightScale | None = None,
         virtual_rule: str = "optimizer",
+        data_parallel: nn.Module | None = None,
     ):
         """`virtual_rule`: `optimizer` moves w_hat as the classifier's SGD would (momentum, weight decay, Nesterov;
         CurveNet's reference code, through `higher`); `sgd` is Meta-Weight-Net's reference virtual step, plain
-        w - lr * g at the current LR."""
+        w - lr * g at the current LR. `data_parallel`: the classifier wrapped in DistributedDataParallel
+        (broadcast_buffers=False), which steps without a meta update (plain CE, a frozen net) go through, so
+        their gradient all-reduce overlaps the backward as in any DDP training."""
         if not isinstance(model, StagedNet):
             raise TypeError(f"MetaIteration needs the bare StagedNet classifier (not DDP-wrapped), got {type(model)}")
         if sync not in SYNC_MODES:
@@ -73,6 +76,7 @@ class MetaIteration:
         self.sync = sync
         self.scale = weight_scale or WeightScale("none", sync)
         self.virtual_rule = virtual_rule
+        self.data_parallel = data_parallel
         self.split = split_layers(model, skip_layers)
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
         self.top = PartRange(model, self.split.bottom_part_count)
@@ -95,12 +99,18 @@ class MetaIteration:
         weights. Without, plain weighted CE with the current net (all weights 1 without a net), or with
         `fixed_weights` when given (a frozen CurveNet's weights, computed once for all samples)."""
         self.classifier_optimizer.zero_grad(set_to_none=True)
-        # The one real forward of the train batch: BatchNorm running statistics update here, once.
-        logits = self.top(self.bottom(images))
+        meta_update = self.weighting_net is not None and meta_batch is not None
+        # The one real forward of the train batch: BatchNorm running statistics update here, once. A meta update
+        # needs the bottom/top split (its virtual step differentiates the top only); DDP's hooks would not see
+        # that forward, so only a plain step goes through the DDP wrapper.
+        if meta_update or self.data_parallel is None:
+            logits = self.top(self.bottom(images))
+        else:
+            logits = self.data_parallel(images)
         losses = F.cross_entropy(logits, labels, reduction="none")
 
         meta_loss = None
-        if self.weighting_net is not None and meta_batch is not None:
+        if meta_update:
             meta_loss = self._update_weighting_net(losses, labels, curves, *meta_batch)
 
         with torch.no_grad():
@@ -111,11 +121,13 @@ class MetaIteration:
             else:
                 weights = self.scale(self.weighting_net(curves, labels, losses.detach()), self.weighting_net)
         (weights * losses).mean().backward()
-        # The classifier is not wrapped in DDP: its forwards go through PartRange and functional_call, and DDP's
-        # gradient hooks only fire for a forward through the DDP module itself. So average the gradients here,
-        # in one collective; the running statistics ride along so every replica evaluates the same.
-        gradients = [param.grad for param in self.classifier_parameters if param.grad is not None]
-        all_reduce_mean_(gradients + self.running_statistics)
+        # After a meta update's forward (through PartRange, unseen by DDP) the gradients are averaged here in one
+        # collective; after a DDP forward DDP has averaged them during the backward. The running statistics are
+        # averaged either way, so every replica evaluates the same.
+        to_average = list(self.running_statistics)
+        if meta_update or self.data_parallel is None:
+            to_average += [param.grad for param in self.classifier_parameters if param.grad is not None]
+        all_reduce_mean_(to_average)
         self.classifier_optimizer.step()
         return IterationResult(losses=losses.detach(), weights=weights, meta_loss=meta_loss)
 
