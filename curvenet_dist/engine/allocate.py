@@ -11,11 +11,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from curvenet_dist.config import Config, ConfigError
-from curvenet_dist.curves.features import class_normalized_curves
+from curvenet_dist.curves.features import curve_features
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.checkpoint import Checkpointer
+from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.engine.components import autocast_for, build_model, check_images_exist, fingerprint, write_json
 from curvenet_dist.engine.distributed import DistributedContext, barrier, broadcast_model
 from curvenet_dist.engine.evaluate import accuracy_report, predict
@@ -89,7 +90,7 @@ class AllocateTrainer:
         self.audited = torch.from_numpy(true_labels >= 0).to(device)
         self.curves = None
         if self.method == "curvenet":
-            features = class_normalized_curves(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
+            features = curve_features(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
             self.curves = torch.from_numpy(features).to(device)
 
         self.model = build_model(config, self.splits.num_classes, device)
@@ -105,6 +106,7 @@ class AllocateTrainer:
                                                      weight_decay=config.meta.weight_decay)
                                     if self.weighting_net is not None else None)
         self.weight_scale = self._build_weight_scale()
+        self.fixed_weights: torch.Tensor | None = None
         # Each method's virtual step is its reference code's: CurveNet's follows the classifier's optimizer,
         # Meta-Weight-Net's is a plain SGD step.
         data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -227,12 +229,12 @@ class AllocateTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         frozen = self.weighting_frozen(epoch)
-        fixed_weights = None
         if self.weighting_net is not None and frozen:
             self.weighting_net.requires_grad_(False)
-            if self.method == "curvenet":
+            if self.method == "curvenet" and self.fixed_weights is None:
                 # A frozen CurveNet's weight depends only on the curve and label: compute all of them once.
-                fixed_weights = self.weight_scale.frozen(self.curvenet_weights())
+                self.fixed_weights = self.weight_scale.frozen(self.curvenet_weights())
+        fixed_weights = self.fixed_weights if frozen else None
         self.train_loader.set_epoch(epoch, start_batch)
         self.progress.start_epoch(epoch, len(self.train_loader) + start_batch)
         loss_sum = torch.zeros((), device=device)
@@ -287,7 +289,7 @@ class AllocateTrainer:
     def curvenet_weights(self) -> torch.Tensor:
         """CurveNet's weight for every training sample, indexed by sample id."""
         labels = torch.from_numpy(self.splits.train.labels).to(self.context.device)
-        return self.weighting_net(self.curves, labels, None)
+        return weights_by_chunks(self.weighting_net, labels, self.curves)
 
     @torch.no_grad()
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
@@ -300,7 +302,7 @@ class AllocateTrainer:
             return self.curvenet_weights().cpu().numpy()
         device = self.context.device
         labels = torch.from_numpy(self.splits.train.labels).to(device)
-        return self.weighting_net(None, labels, torch.from_numpy(train_losses).to(device)).cpu().numpy()
+        return weights_by_chunks(self.weighting_net, labels, losses=torch.from_numpy(train_losses).to(device)).cpu().numpy()
 
     def _state(self, wall_s: float) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}
