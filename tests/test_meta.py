@@ -389,11 +389,11 @@ def per_sub_batch_reference(case: worker.Case, initial_model, sub_batches: int) 
     return worker.outcome(model, weighting_net, meta_loss.detach())
 
 
-# Float64 rounding alone (summation orders differ between the ranks' collectives and the reference) reaches 1e-7 of
-# ResNet-50's meta-gradient: at 32x32 its last stage is 1x1, so each meta sub-batch's BatchNorm normalises 3
-# values, and a 1e-15 relative change of its parameters moves its meta loss by 1e-11. Union-batch statistics move
-# the gradients by more than 1e-3 (checked below).
-TOLERANCE = {"cifar_resnet": 1e-10, "resnet50": 1e-6}
+# Float64 rounding, amplified by the network: <= 2e-14 is measured here for both backbones. ResNet-50 gets room: at
+# 32x32 its last stage is 1x1, so each meta sub-batch's BatchNorm normalises 3 values, a 1e-15 relative change of
+# its parameters moves its meta loss by 1e-11, and skip_layers=0 with unscaled CurveNet weights measured 1e-7.
+# Union-batch statistics move the weighting-net gradient by 5e-2 or more (the test checks > 1e-2).
+TOLERANCE = {"cifar_resnet": 1e-12, "resnet50": 1e-9}
 
 
 def largest_relative_error(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
@@ -428,6 +428,6 @@ def test_two_rank_meta_iteration_equals_the_per_sub_batch_batchnorm_reference(tm
         for backbone in worker.IMAGE_SIZE:
             index, case = next((i, c) for i, c in enumerate(worker.cases()) if c.backbone == backbone)
             union = per_sub_batch_reference(case, initial[backbone], sub_batches=1)
-            assert outcome_errors(ranks[0][index], union)["weighting_grads"] > 1e-3, case
+            assert outcome_errors(ranks[0][index], union)["weighting_grads"] > 1e-2, case
     finally:
         torch.set_num_threads(threads)
