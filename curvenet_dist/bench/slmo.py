@@ -88,7 +88,7 @@ class Step:
                             torch.randn(scale_samples, curve_length, device=device),
                             torch.randint(0, NUM_CLASSES, (scale_samples,), device=device))
         data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
-                                                 else None, broadcast_buffers=False) if world_size > 1 else None)
+                                                 else None, forward_sync_buffers=False) if world_size > 1 else None)
         size, batch, meta_batch = config.data.image_size, config.data.batch_size, config.meta.batch_size
         images = torch.randn(batch, 3, size, size, device=device)
         labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)

@@ -110,7 +110,7 @@ class AllocateTrainer:
         # Each method's virtual step is its reference code's: CurveNet's follows the classifier's optimizer,
         # Meta-Weight-Net's is a plain SGD step.
         data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                 broadcast_buffers=False) if context.world_size > 1 else None)
+                                                 forward_sync_buffers=False) if context.world_size > 1 else None)
         self.iteration = MetaIteration(self.model, self.weighting_net, self.optimizer, self.weighting_optimizer,
                                        self.skip_layers, config.meta.sync, self.weight_scale,
                                        virtual_rule="sgd" if self.method == "mwnet" else "optimizer",

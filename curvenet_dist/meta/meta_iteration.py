@@ -59,7 +59,7 @@ class MetaIteration:
         """`virtual_rule`: `optimizer` moves w_hat as the classifier's SGD would (momentum, weight decay, Nesterov;
         CurveNet's reference code, through `higher`); `sgd` is Meta-Weight-Net's reference virtual step, plain
         w - lr * g at the current LR. `data_parallel`: the classifier wrapped in DistributedDataParallel
-        (broadcast_buffers=False), which steps without a meta update (plain CE, a frozen net) go through, so
+        (forward_sync_buffers=False), which steps without a meta update (plain CE, a frozen net) go through, so
         their gradient all-reduce overlaps the backward as in any DDP training."""
         if not isinstance(model, StagedNet):
             raise TypeError(f"MetaIteration needs the bare StagedNet classifier (not DDP-wrapped), got {type(model)}")

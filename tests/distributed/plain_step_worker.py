@@ -36,7 +36,7 @@ def main() -> None:
     weights = torch.rand(GLOBAL_BATCH, generator=generator, dtype=torch.float64).chunk(world)[rank]
 
     model = small_net_without_batchnorm()
-    data_parallel = DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else None
+    data_parallel = DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     iteration = MetaIteration(model, None, optimizer, None, skip_layers=1, data_parallel=data_parallel)
     iteration.step(images, labels, None)
