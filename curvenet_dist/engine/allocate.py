@@ -84,10 +84,10 @@ class AllocateTrainer:
             check_images_exist(self.meta_table, "meta", context)
         # Where true labels are known (synthetic noise, audited samples), the epoch's mean weight of clean and of
         # mislabeled samples is logged: how the weights separate over epochs, not only at the end.
+        # Each sample's group: 0 clean, 1 mislabeled, 2 true label unknown (summed apart, not reported).
         true_labels = train.true_labels
-        self.mislabeled = (torch.from_numpy((true_labels >= 0) & (true_labels != train.labels)).to(device)
-                           if (true_labels >= 0).any() else None)
-        self.audited = torch.from_numpy(true_labels >= 0).to(device)
+        self.audit_group = (torch.from_numpy(np.where(true_labels < 0, 2, true_labels != train.labels)).to(device)
+                            if (true_labels >= 0).any() else None)
         self.curves = None
         if self.method == "curvenet":
             features = curve_features(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
@@ -240,29 +240,28 @@ class AllocateTrainer:
         loss_sum = torch.zeros((), device=device)
         weight_sum = torch.zeros((), device=device)
         meta_loss_sum = torch.zeros((), device=device)
-        # [clean, mislabeled] weight sums and counts over the epoch's audited samples.
-        group_weight_sums = torch.zeros(2, device=device)
-        group_counts = torch.zeros(2, device=device)
+        # [clean, mislabeled, unknown] weight sums and sample counts over the epoch.
+        group_weight_sums = torch.zeros(3, device=device)
+        group_counts = torch.zeros(3, device=device)
         meta_steps = 0
         samples = 0
         self.model.train()
         for batch, (images, labels, ids) in enumerate(self.train_loader, start=start_batch):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            curves = self.curves[ids.to(device)] if self.curves is not None else None
+            ids = ids.to(device, non_blocking=True)
+            curves = self.curves[ids] if self.curves is not None else None
             meta_batch = None
             if self.weighting_net is not None and not frozen and batch % config.meta.interval == 0:
                 meta_batch = tuple(t.to(device, non_blocking=True) for t in self.meta_batches.next())
             with self.autocast():
                 result = self.iteration.step(images, labels, curves, meta_batch,
-                                             fixed_weights=None if fixed_weights is None else fixed_weights[ids.to(device)])
+                                             fixed_weights=None if fixed_weights is None else fixed_weights[ids])
             loss_sum += result.losses.sum()
             weight_sum += result.weights.sum()
-            if self.mislabeled is not None:
-                ids = ids.to(device)
-                group = self.mislabeled[ids].long()
-                audited = self.audited[ids].float()
-                group_weight_sums.index_add_(0, group, result.weights * audited)
-                group_counts.index_add_(0, group, audited)
+            if self.audit_group is not None:
+                group = self.audit_group[ids]
+                group_weight_sums.index_add_(0, group, result.weights)
+                group_counts.index_add_(0, group, torch.ones_like(result.weights))
             if result.meta_loss is not None:
                 meta_loss_sum += result.meta_loss
                 meta_steps += 1
@@ -274,8 +273,8 @@ class AllocateTrainer:
         metrics = {"train_loss": float(loss_sum) / samples, "mean_weight": float(weight_sum) / samples, "lr": lr}
         if meta_steps:
             metrics["meta_loss"] = float(meta_loss_sum) / meta_steps
-        if self.mislabeled is not None:
-            clean, mislabeled = (group_weight_sums / group_counts.clamp_min(1)).tolist()
+        if self.audit_group is not None:
+            clean, mislabeled, _ = (group_weight_sums / group_counts.clamp_min(1)).tolist()
             metrics.update(weight_clean=clean, weight_mislabeled=mislabeled)
         return metrics
 
