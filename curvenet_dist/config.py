@@ -66,6 +66,10 @@ class DataConfig:
     train_per_class: int = 0
     """Train on a seeded (bias.seed), class-balanced subset of at most this many samples per class of the
     training split, taken before any synthetic bias (0: the whole split). For benchmarks on a machine's budget."""
+    test_per_class: int = 0
+    """Evaluate on a fixed (seed 0, the same for every run) class-balanced subset of at most this many test samples
+    per class (0: the whole test split). Every epoch is evaluated, so a large test set can cost as much as the
+    training."""
     augment: str = "crop_flip"
     """Training augmentation: `crop_flip` (padded random crop + flip, small images), `crop` (the same without
     the flip, for classes a mirror changes, like digits), `resized_crop` (random resized crop + flip, ImageNet
@@ -85,6 +89,7 @@ class DataConfig:
             _positive(f"data.{key}", getattr(self, key))
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _positive("data.train_per_class", self.train_per_class, allow_zero=True)
+        _positive("data.test_per_class", self.test_per_class, allow_zero=True)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must be in (0, 1)")
         for key in ("mean", "std"):

@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from curvenet_dist.config import load_config
 from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.data.datasets import build_splits
+from curvenet_dist.data.loader import build_loader
+from curvenet_dist.engine.allocate import MetaBatches
 from curvenet_dist.tracking.report import class_relative
 from tests.conftest import QUICKSTART, REPO, TINY, assert_clean_error, torchrun
 
@@ -95,3 +99,24 @@ def test_bad_input_is_refused_before_training(probe_run, tmp_path, extra, messag
     result = allocate(probe_run, tmp_path / "run", 1, extra, check=False)
     assert_clean_error(result, message)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_meta_batches_resume_at_their_position_not_at_the_epoch_start():
+    config = load_config(QUICKSTART, ["data.num_workers=0", "meta.batch_size=16"])
+    meta_table = build_splits(config.data, config.bias).carved_meta
+    config.data.batch_size = config.meta.batch_size
+
+    def stream() -> MetaBatches:
+        return MetaBatches(build_loader(config.data, meta_table, train=True, rank=0, world_size=1, seed=0,
+                                        device=torch.device("cpu")))
+
+    uninterrupted = stream()
+    drawn = [uninterrupted.next() for _ in range(9)]  # 100 samples in batches of 16: the 9th starts epoch 2
+    interrupted = stream()
+    for _ in range(3):
+        interrupted.next()
+    resumed = stream()
+    resumed.load_state_dict(interrupted.state_dict())
+    for images, labels in drawn[3:]:
+        next_images, next_labels = resumed.next()
+        assert torch.equal(labels, next_labels) and torch.equal(images, next_images)

@@ -19,7 +19,7 @@ def test_yaml_then_overrides_are_typed_and_applied_in_order():
     ("data.loader=spark", "data.loader='spark' is not allowed; choose one of: torch, dali"),
     ("data.batch_size=many", "data.batch_size='many' must be an integer"),
     ("bias.noise_rate=1.5", "bias.noise_rate=1.5 must be in [0, 1)"),
-    ("method=focal", "method='focal' is not allowed; choose one of: curvenet, mwnet, ce"),
+    ("method=focal", "method='focal' is not allowed; choose one of: curvenet, mwnet, dynamic_loss, ce"),
     ("data=3", "data is a section"),
     ("no_equals_sign", "must look like key.sub=value"),
 ])

@@ -75,12 +75,21 @@ def start_probe(run_dir, nproc, extra=()):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def kill_job(process: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers. torchrun starts each worker in a session of its own, so a SIGKILL to
+    torchrun's group alone would leave the workers running on, writing the run folder beside the resumed run."""
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    os.killpg(process.pid, signal.SIGKILL)
+    for worker in workers:
+        os.kill(int(worker), signal.SIGKILL)
+
+
 def test_killed_run_resumes_with_every_epoch_exactly_once(tmp_path, mlflow_server):
     run_dir = tmp_path / "run"
     extra = ["probe.epochs=5", "tracking.enabled=true", f"tracking.uri={mlflow_server}", "tracking.experiment=resume"]
     process = start_probe(run_dir, 2, extra)
     wait_for(lambda: list((run_dir / "checkpoints").glob("step-00002-*.pt")), what="the epoch-2 checkpoint")
-    os.killpg(process.pid, signal.SIGKILL)
+    kill_job(process)
     process.wait()
     assert not (run_dir / "metrics.json").exists()
     result = probe(run_dir, 2, extra)
@@ -210,13 +219,10 @@ def test_an_interrupted_run_ends_with_the_curves_and_weights_of_an_uninterrupted
     run_dir = tmp_path / "run"
     process = start_probe(run_dir, 2, RESUME)
     wait_for(lambda: list((run_dir / "checkpoints").glob("step-00001-*.pt")), what="the first epoch")
-    # torchrun starts each worker in a session of its own: a SIGKILL to torchrun's group alone would leave the
-    # workers running to the end. (SIGTERM, torchrun forwards to them.)
-    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-    os.killpg(process.pid, stop)
     if stop == signal.SIGKILL:
-        for worker in workers:
-            os.kill(int(worker), signal.SIGKILL)
+        kill_job(process)
+    else:
+        os.killpg(process.pid, stop)  # torchrun forwards SIGTERM to its workers
     output, _ = process.communicate(timeout=120)
     assert not (run_dir / "metrics.json").exists(), "the run finished before it could be interrupted"
     if stop == signal.SIGTERM:

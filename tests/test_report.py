@@ -11,6 +11,7 @@ from PIL import Image
 from curvenet_dist.config import load_config
 from curvenet_dist.data.datasets import Splits
 from curvenet_dist.data.sample_table import PreparedDataset, SampleTable
+from curvenet_dist.tracking.plots import plot_weights_by_class
 from curvenet_dist.tracking.report import SUSPECTS_HEADER, suspect_order, write_suspects
 from tests.conftest import REPO
 
@@ -75,3 +76,10 @@ def test_report_on_a_folder_that_is_not_an_allocate_run_says_so(tmp_path):
     result = report(tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'config.yaml'}: missing; is {tmp_path} an allocate run folder?"
+
+
+def test_the_weights_figure_is_drawn_when_no_audited_sample_is_mislabeled(tmp_path):
+    labels = np.array([0, 0, 1, 1])
+    path = plot_weights_by_class(np.array([0.2, 0.4, 0.6, 0.8]), labels, np.zeros(4, dtype=bool), ["a", "b"],
+                                 tmp_path / "weights_by_class.png")
+    assert path.is_file() and path.stat().st_size > 0

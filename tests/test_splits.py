@@ -44,3 +44,12 @@ def test_only_the_first_process_of_a_job_prints(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     build_splits(config.data, config.bias)
     assert capsys.readouterr().out == ""
+
+
+def test_test_per_class_takes_the_same_balanced_test_subset_for_every_run(capsys):
+    config = load_config(QUICKSTART, ["data.test_per_class=20"])
+    first = build_splits(config.data, config.bias).test
+    other_seed = load_config(QUICKSTART, ["data.test_per_class=20", "bias.seed=3", "run.seed=3"])
+    second = build_splits(other_seed.data, other_seed.bias).test
+    assert np.bincount(first.labels).tolist() == [20] * 10
+    assert first.paths == second.paths

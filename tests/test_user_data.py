@@ -86,4 +86,6 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
         assert (curvenet_dir / figure).is_file()
     run = MlflowClient(mlflow_server).get_run((curvenet_dir / "mlflow_run_id").read_text().strip())
     assert run.info.status == "FINISHED"
+    # Each epoch's mean weight of the audited clean and mislabeled samples, for following the separation over epochs.
+    assert {"weight_clean", "weight_mislabeled"} <= run.data.metrics.keys()
     assert "suspects.png" in {item.path for item in MlflowClient(mlflow_server).list_artifacts(run.info.run_id)}

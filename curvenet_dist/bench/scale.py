@@ -3,7 +3,8 @@ N samples (default 1,000,000 x 60 epochs, 14 classes).
 
 Each figure is measured in a fresh process, so a peak memory figure (`*_peak_mb`, the growth of the process's
 peak RSS during the step) is that step's alone. The epoch gather and the allocate start-up run under torchrun
-with `--nproc` gloo ranks, as they do in training.
+with `--nproc` gloo ranks, as they do in training. The load average is recorded at the start and the end: on a
+shared machine it explains most of the spread between runs.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ SKIP_EPOCHS = 5
 META_PER_CLASS = 10
 BATCH_SIZE = 32
 GATHER_ROUNDS = 3
+ROUNDS = 3
+"""Rounds of the steps cheap enough to repeat (lowest_loss, weights); their figure is the median."""
 
 
 def _peak_rss_mb() -> float:
@@ -88,9 +91,12 @@ def part_lowest_loss(folder: Path) -> dict:
     from curvenet_dist.curves.store import CurveStore
 
     store = CurveStore.open(folder / "curves.zarr", mode="r")
-    start = time.perf_counter()
-    rows = lowest_loss_rows(store, META_PER_CLASS)
-    return {"lowest_loss_s": time.perf_counter() - start, "lowest_loss_rows": len(rows)}
+    times = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        rows = lowest_loss_rows(store, META_PER_CLASS)
+        times.append(time.perf_counter() - start)
+    return {"lowest_loss_s": statistics.median(times), "lowest_loss_rows": len(rows)}
 
 
 def part_weights(folder: Path, samples: int, epochs: int) -> dict:
@@ -107,9 +113,12 @@ def part_weights(folder: Path, samples: int, epochs: int) -> dict:
     labels = torch.randint(0, CLASSES, (samples,))
     net = CurveNet(epochs - SKIP_EPOCHS, CLASSES)
     before = _peak_rss_mb()
-    start = time.perf_counter()
-    weights_by_chunks(net, labels, curves)
-    return {"curvenet_weights_s": time.perf_counter() - start, "curvenet_weights_peak_mb": _peak_rss_mb() - before}
+    times = []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        weights_by_chunks(net, labels, curves)
+        times.append(time.perf_counter() - start)
+    return {"curvenet_weights_s": statistics.median(times), "curvenet_weights_peak_mb": _peak_rss_mb() - before}
 
 
 def _dali_loader(table, rank: int, world_size: int):
@@ -235,8 +244,12 @@ def main(argv: list[str]) -> dict:
                  "suspects": lambda: part_suspects(arguments.folder),
                  "gather": lambda: worker_gather(arguments.folder),
                  "startup": lambda: worker_startup(arguments.folder)}
+        from curvenet_dist.engine.distributed import teardown_distributed
+
         figures = parts[arguments.part]()
         (arguments.folder / f"{arguments.part}-rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(figures))
+        # A gloo group left to the interpreter's exit can abort the process ("terminate called ...").
+        teardown_distributed()
         sys.exit(0)
 
     folder = Path(tempfile.mkdtemp(prefix="scale-bench-"))
@@ -245,7 +258,8 @@ def main(argv: list[str]) -> dict:
         make_data(folder, arguments.samples, arguments.epochs)
         np.save(folder / "samples.npy", arguments.samples)
         figures: dict = {"samples": arguments.samples, "epochs": arguments.epochs, "classes": CLASSES,
-                         "skip_epochs": SKIP_EPOCHS, "setup_s": time.perf_counter() - start}
+                         "skip_epochs": SKIP_EPOCHS, "setup_s": time.perf_counter() - start,
+                         "load_average_at_start": os.getloadavg()[0]}
         for part in ("features", "lowest_loss", "weights", "dali_paths", "suspects"):
             figures.update(_run_part(part, folder, arguments)[0])
         figures.update(_run_part("gather", folder, arguments, arguments.nproc)[0])
@@ -256,6 +270,7 @@ def main(argv: list[str]) -> dict:
             figures[f"allocate_startup{suffix}_s_per_rank"] = [rank["allocate_startup_s"] for rank in ranks]
         figures["sample_table_read_s"] = max(rank["sample_table_read_s"] for rank in ranks)
         figures["startup_world_size"] = len(ranks)
+        figures["load_average_at_end"] = os.getloadavg()[0]
         return figures
     finally:
         shutil.rmtree(folder, ignore_errors=True)

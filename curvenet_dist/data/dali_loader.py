@@ -101,9 +101,11 @@ class DaliLoader:
         self.device_id = device_id
         self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
         self.labels = torch.as_tensor(table.labels, dtype=torch.int64, device=self.device)
-        # Paths are joined per epoch for this rank's share only, as NumPy string arrays: no per-sample Python.
+        # Paths are joined per epoch for this rank's share only, as NumPy object arrays: no pathlib per sample.
         self.image_root = os.path.join(str(table.image_root), "")
         self.relative_paths = np.asarray(table.paths, dtype=object)
+        # As with pathlib, a path that is already absolute is taken as it is.
+        self.absolute = np.frompyfunc(str.startswith, 2, 1)(self.relative_paths, os.sep).astype(bool)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -118,7 +120,11 @@ class DaliLoader:
 
     def epoch_files(self) -> list[str]:
         """The image files of this rank's share of the epoch, in order."""
-        return (self.image_root + self.relative_paths[self.ids]).tolist()
+        paths = self.relative_paths[self.ids]
+        files = self.image_root + paths
+        absolute = self.absolute[self.ids]
+        files[absolute] = paths[absolute]
+        return files.tolist()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         if len(self.ids) == 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from curvenet_dist.config import BiasConfig, DataConfig
-from curvenet_dist.data.bias import apply_bias, noise_rate_by_class
+from curvenet_dist.data.bias import apply_bias, class_balanced_subset, noise_rate_by_class
 from curvenet_dist.data.embedded import digits_dataset, fashion_mnist_dataset
 from curvenet_dist.data.sample_table import DataError, PreparedDataset, SampleTable
 
@@ -45,6 +45,9 @@ def build_splits(data: DataConfig, bias: BiasConfig) -> Splits:
     test = dataset.splits.get("test") or dataset.splits.get("val")
     if test is None or len(test) == 0:
         raise DataError(f"{dataset.folder}: the dataset has neither a test.csv nor a val.csv split to evaluate on")
+    if data.test_per_class:
+        rows = class_balanced_subset(test.labels, test.num_classes, data.test_per_class, np.random.default_rng(0))
+        test = test.select(rows)
     splits = Splits(dataset.class_names, biased.train, biased.carved_meta, dataset.splits.get("meta"), test)
     # torchrun numbers the processes of a job in RANK; every one of them builds the same splits.
     if os.environ.get("RANK", "0") == "0":

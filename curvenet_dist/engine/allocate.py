@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from curvenet_dist.config import HIERARCHICAL_SOURCES, Config, ConfigError
-from curvenet_dist.curves.features import class_normalized_curves
+from curvenet_dist.config import Config, ConfigError
+from curvenet_dist.curves.features import curve_features
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.checkpoint import Checkpointer
+from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.engine.components import autocast_for, build_model, check_images_exist, fingerprint, write_json
 from curvenet_dist.engine.distributed import DistributedContext, barrier, broadcast_model
 from curvenet_dist.engine.evaluate import accuracy_report, losses_and_samples, predict
@@ -35,22 +37,29 @@ from curvenet_dist.tracking.report import write_allocate_report
 
 
 class MetaBatches:
-    """An endless stream of meta batches: the meta loader, reshuffled each time it runs out."""
+    """An endless stream of meta batches: the meta loader, reshuffled each time it runs out. Its position (epoch,
+    batch) is checkpointed, so a resumed run draws the same meta batches as an uninterrupted one."""
 
     def __init__(self, loader):
-        self.loader, self.epoch, self.iterator = loader, 0, None
+        self.loader, self.epoch, self.batch, self.iterator = loader, 0, 0, None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         while True:
             if self.iterator is None:
-                self.loader.set_epoch(self.epoch)
-                self.epoch += 1
+                self.loader.set_epoch(self.epoch, self.batch)
                 self.iterator = iter(self.loader)
             try:
                 images, labels, _ = next(self.iterator)
+                self.batch += 1
                 return images, labels
             except StopIteration:
-                self.iterator = None
+                self.iterator, self.epoch, self.batch = None, self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch, self.iterator = state["epoch"], state["batch"], None
 
 
 class AllocateTrainer:
@@ -87,13 +96,13 @@ class AllocateTrainer:
             check_images_exist(self.meta_table, "meta", context)
         # Where true labels are known (synthetic noise, audited samples), the epoch's mean weight of clean and of
         # mislabeled samples is logged: how the weights separate over epochs, not only at the end.
+        # Each sample's group: 0 clean, 1 mislabeled, 2 true label unknown (summed apart, not reported).
         true_labels = train.true_labels
-        self.mislabeled = (torch.from_numpy((true_labels >= 0) & (true_labels != train.labels)).to(device)
-                           if (true_labels >= 0).any() else None)
-        self.audited = torch.from_numpy(true_labels >= 0).to(device)
+        self.audit_group = (torch.from_numpy(np.where(true_labels < 0, 2, true_labels != train.labels)).to(device)
+                            if (true_labels >= 0).any() else None)
         self.curves = None
         if self.method == "curvenet":
-            features = class_normalized_curves(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
+            features = curve_features(store, config.curvenet.skip_epochs, config.curvenet.normalize_std)
             self.curves = torch.from_numpy(features).to(device)
 
         self.model = build_model(config, self.splits.num_classes, device)
@@ -110,16 +119,20 @@ class AllocateTrainer:
                                                      weight_decay=meta_optim.weight_decay)
                                     if self.weighting_net is not None else None)
         self.weight_scale = self._build_weight_scale()
+        self.fixed_weights: torch.Tensor | None = None
         # Each method's virtual step is its reference code's: CurveNet's follows the classifier's optimizer,
         # Meta-Weight-Net's is a plain SGD step.
+        data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                 forward_sync_buffers=False) if context.world_size > 1 else None)
         self.iteration = MetaIteration(self.model, self.weighting_net, self.optimizer, self.weighting_optimizer,
                                        self.skip_layers, config.meta.sync, self.weight_scale,
                                        virtual_rule="sgd" if self.method == "mwnet" else "optimizer",
                                        training_loss=(DynamicLossTraining(self.weighting_net)
-                                                      if self.method == "dynamic_loss" else None))
+                                                      if self.method == "dynamic_loss" else None),
+                                       data_parallel=data_parallel)
         # Dynamic Loss's per-sample inputs (rank bucket, sampled prediction) and eval losses of the current epoch,
-        # and the training rows left after its hierarchical sample.
-        self.sample_inputs = self.eval_losses = self.train_rows = None
+        # the training rows left after its hierarchical sample, and a resumed run's meta-batch position.
+        self.sample_inputs = self.eval_losses = self.train_rows = self.resumed_meta_position = None
 
         loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
         self.loader_arguments = loader_arguments
@@ -250,14 +263,14 @@ class AllocateTrainer:
             group["lr"] = lr
         frozen = self.weighting_frozen(epoch)
         warm = self.method == "dynamic_loss" and epoch < config.dynamic_loss.warmup_epochs and not frozen
-        train_loader = self._start_dynamic_epoch(epoch, start_batch, warm or frozen) \
-            if self.method == "dynamic_loss" else self.train_loader
-        fixed_weights = None
+        train_loader = (self._start_dynamic_epoch(epoch, start_batch, warm or frozen)
+                        if self.method == "dynamic_loss" else self.train_loader)
         if self.weighting_net is not None and frozen:
             self.weighting_net.requires_grad_(False)
-            if self.method == "curvenet":
+            if self.method == "curvenet" and self.fixed_weights is None:
                 # A frozen CurveNet's weight depends only on the curve and label: compute all of them once.
-                fixed_weights = self.weight_scale.frozen(self.curvenet_weights())
+                self.fixed_weights = self.weight_scale.frozen(self.curvenet_weights())
+        fixed_weights = self.fixed_weights if frozen else None
         if warm:
             # The reference's warm-up: plain CE for the classifier while the corrector learns the given labels.
             fixed_weights = torch.ones(len(self.splits.train), device=device)
@@ -266,9 +279,9 @@ class AllocateTrainer:
         loss_sum = torch.zeros((), device=device)
         weight_sum = torch.zeros((), device=device)
         meta_loss_sum = torch.zeros((), device=device)
-        # [clean, mislabeled] weight sums and counts over the epoch's audited samples.
-        group_weight_sums = torch.zeros(2, device=device)
-        group_counts = torch.zeros(2, device=device)
+        # [clean, mislabeled, unknown] weight sums and sample counts over the epoch.
+        group_weight_sums = torch.zeros(3, device=device)
+        group_counts = torch.zeros(3, device=device)
         meta_steps = 0
         samples = 0
         self.model.train()
@@ -276,7 +289,7 @@ class AllocateTrainer:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if self.train_rows is not None:
                 ids = self.train_rows[ids]
-            ids = ids.to(device)
+            ids = ids.to(device, non_blocking=True)
             inputs = self.curves[ids] if self.curves is not None else None
             if self.sample_inputs is not None:
                 inputs = self.sample_inputs[ids]
@@ -290,11 +303,10 @@ class AllocateTrainer:
                                              fixed_weights=None if fixed_weights is None else fixed_weights[ids])
             loss_sum += result.losses.sum()
             weight_sum += result.weights.sum()
-            if self.mislabeled is not None:
-                group = self.mislabeled[ids].long()
-                audited = self.audited[ids].float()
-                group_weight_sums.index_add_(0, group, result.weights * audited)
-                group_counts.index_add_(0, group, audited)
+            if self.audit_group is not None:
+                group = self.audit_group[ids]
+                group_weight_sums.index_add_(0, group, result.weights)
+                group_counts.index_add_(0, group, torch.ones_like(result.weights))
             if result.meta_loss is not None:
                 meta_loss_sum += result.meta_loss
                 meta_steps += 1
@@ -306,8 +318,8 @@ class AllocateTrainer:
         metrics = {"train_loss": float(loss_sum) / samples, "mean_weight": float(weight_sum) / samples, "lr": lr}
         if meta_steps:
             metrics["meta_loss"] = float(meta_loss_sum) / meta_steps
-        if self.mislabeled is not None:
-            clean, mislabeled = (group_weight_sums / group_counts.clamp_min(1)).tolist()
+        if self.audit_group is not None:
+            clean, mislabeled, _ = (group_weight_sums / group_counts.clamp_min(1)).tolist()
             metrics.update(weight_clean=clean, weight_mislabeled=mislabeled)
         return metrics
 
@@ -335,9 +347,9 @@ class AllocateTrainer:
         meta_table = train.select(meta_rows)
         if self.meta_table is not None:
             meta_table = union(meta_table, self.meta_table)
-        meta_epoch = self.meta_batches.epoch if self.meta_batches is not None else 0
         self.meta_batches = MetaBatches(self._meta_loader(meta_table))
-        self.meta_batches.epoch = meta_epoch
+        # Each epoch's meta set is new; its shuffle starts at the epoch's number, or where a resumed epoch left it.
+        self.meta_batches.load_state_dict(self.resumed_meta_position if start_batch else {"epoch": epoch, "batch": 0})
         return build_loader(config.data, train.select(train_rows), train=True, **self.loader_arguments)
 
     def _warm_up_corrector(self, buckets: torch.Tensor, labels: torch.Tensor, given_probability: torch.Tensor) -> None:
@@ -357,7 +369,7 @@ class AllocateTrainer:
     def curvenet_weights(self) -> torch.Tensor:
         """CurveNet's weight for every training sample, indexed by sample id."""
         labels = torch.from_numpy(self.splits.train.labels).to(self.context.device)
-        return self.weighting_net(self.curves, labels, None)
+        return weights_by_chunks(self.weighting_net, labels, self.curves)
 
     @torch.no_grad()
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
@@ -375,14 +387,15 @@ class AllocateTrainer:
             return self.weighting_net.trust(torch.from_numpy(buckets).to(device),
                                             torch.from_numpy(labels).to(device)).cpu().numpy()
         labels = torch.from_numpy(self.splits.train.labels).to(device)
-        return self.weighting_net(None, labels, torch.from_numpy(train_losses).to(device)).cpu().numpy()
+        return weights_by_chunks(self.weighting_net, labels, losses=torch.from_numpy(train_losses).to(device)).cpu().numpy()
 
     def _state(self, wall_s: float) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}
         if self.eval_losses is not None:
             state["eval_losses"], state["predicted"] = self.eval_losses, self.predicted
         if self.weighting_net is not None:
-            state["meta_epoch"] = self.meta_batches.epoch if self.meta_batches is not None else 0
+            state["meta_batches"] = (self.meta_batches.state_dict() if self.meta_batches is not None
+                                     else {"epoch": 0, "batch": 0})
             state["weighting_net"] = self.weighting_net.state_dict()
             state["weighting_optimizer"] = self.weighting_optimizer.state_dict()
         return state
@@ -405,8 +418,9 @@ class AllocateTrainer:
         if self.weighting_net is not None:
             self.weighting_net.load_state_dict(state["weighting_net"])
             self.weighting_optimizer.load_state_dict(state["weighting_optimizer"])
+            self.resumed_meta_position = state["meta_batches"]
             if self.meta_batches is not None:
-                self.meta_batches.epoch = state["meta_epoch"]
+                self.meta_batches.load_state_dict(self.resumed_meta_position)
         if "eval_losses" in state:
             self.eval_losses, self.predicted = state["eval_losses"], state["predicted"]
         return state["epoch"], state["batch"], state["wall_s"]

@@ -76,11 +76,14 @@ class MetaIteration:
         weight_scale: WeightScale | None = None,
         virtual_rule: str = "optimizer",
         training_loss=None,
+        data_parallel: nn.Module | None = None,
     ):
         """`virtual_rule`: `optimizer` moves w_hat as the classifier's SGD would (momentum, weight decay, Nesterov;
         CurveNet's reference code, through `higher`); `sgd` is Meta-Weight-Net's reference virtual step, plain
         w - lr * g at the current LR. `training_loss`: the seam above; by default the weighting net's weight times
-        the cross-entropy."""
+        the cross-entropy. `data_parallel`: the classifier wrapped in DistributedDataParallel
+        (forward_sync_buffers=False), which steps without a meta update (plain CE, a frozen net) go through, so
+        their gradient all-reduce overlaps the backward as in any DDP training."""
         if not isinstance(model, StagedNet):
             raise TypeError(f"MetaIteration needs the bare StagedNet classifier (not DDP-wrapped), got {type(model)}")
         if sync not in SYNC_MODES:
@@ -98,6 +101,7 @@ class MetaIteration:
         self.virtual_rule = virtual_rule
         self.training_loss = (training_loss or WeightedCrossEntropy(weighting_net, self.scale)
                               if weighting_net is not None else None)
+        self.data_parallel = data_parallel
         self.split = split_layers(model, skip_layers)
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
         self.top = PartRange(model, self.split.bottom_part_count)
@@ -120,12 +124,18 @@ class MetaIteration:
         weights. Without, plain weighted CE with the current net (all weights 1 without a net), or with
         `fixed_weights` when given (a frozen CurveNet's weights, computed once for all samples)."""
         self.classifier_optimizer.zero_grad(set_to_none=True)
-        # The one real forward of the train batch: BatchNorm running statistics update here, once.
-        logits = self.top(self.bottom(images))
+        meta_update = self.weighting_net is not None and meta_batch is not None
+        # The one real forward of the train batch: BatchNorm running statistics update here, once. A meta update
+        # needs the bottom/top split (its virtual step differentiates the top only); DDP's hooks would not see
+        # that forward, so only a plain step goes through the DDP wrapper.
+        if meta_update or self.data_parallel is None:
+            logits = self.top(self.bottom(images))
+        else:
+            logits = self.data_parallel(images)
         losses = F.cross_entropy(logits, labels, reduction="none")
 
         meta_loss = None
-        if self.weighting_net is not None and meta_batch is not None:
+        if meta_update:
             meta_loss = self._update_weighting_net(logits, losses, labels, inputs, *meta_batch)
 
         if fixed_weights is not None:
@@ -137,11 +147,13 @@ class MetaIteration:
         else:
             sample_losses, weights = self.training_loss(logits, labels, losses, inputs, track_meta=False)
         sample_losses.mean().backward()
-        # The classifier is not wrapped in DDP: its forwards go through PartRange and functional_call, and DDP's
-        # gradient hooks only fire for a forward through the DDP module itself. So average the gradients here,
-        # in one collective; the running statistics ride along so every replica evaluates the same.
-        gradients = [param.grad for param in self.classifier_parameters if param.grad is not None]
-        all_reduce_mean_(gradients + self.running_statistics)
+        # After a meta update's forward (through PartRange, unseen by DDP) the gradients are averaged here in one
+        # collective; after a DDP forward DDP has averaged them during the backward. The running statistics are
+        # averaged either way, so every replica evaluates the same.
+        to_average = list(self.running_statistics)
+        if meta_update or self.data_parallel is None:
+            to_average += [param.grad for param in self.classifier_parameters if param.grad is not None]
+        all_reduce_mean_(to_average)
         self.classifier_optimizer.step()
         return IterationResult(losses=losses.detach(), weights=weights, meta_loss=meta_loss)
 

@@ -57,6 +57,8 @@ def plot_weights_by_class(weights: np.ndarray, labels: np.ndarray, mislabeled: n
     for kind, offset, color, mask in (("clean", -0.18, "tab:blue", ~mislabeled), ("mislabeled", 0.18, "tab:orange", mislabeled)):
         data = [weights[(labels == c) & mask] for c in range(len(class_names))]
         positions = [c + offset for c in range(len(class_names)) if len(data[c])]
+        if not positions:  # e.g. an audit that found no mislabeled sample
+            continue
         parts = axis.boxplot([d for d in data if len(d)], positions=positions, widths=0.3, patch_artist=True,
                              showfliers=False)
         for box in parts["boxes"]:
