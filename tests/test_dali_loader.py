@@ -149,16 +149,19 @@ def test_padded_crop_shifts_within_the_padding_and_flips_only_for_crop_flip(tmp_
     assert any(mirrored) == (augment == "crop_flip")
 
 
-def test_undecodable_image_is_named(table: SampleTable, tmp_path: Path) -> None:
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff this is not a JPEG")
-    good = [str(table.image_path(i)) for i in range(9)]
-    broken = SampleTable(tmp_path, good + ["broken.jpg"], np.zeros(10), np.zeros(10), 1, origin="broken.csv")
-    with pytest.raises(DataError, match=r"broken.csv: sample 9 \(.*broken.jpg\)"):
+def test_undecodable_images_are_all_named(table: SampleTable, tmp_path: Path) -> None:
+    for name in ("broken.jpg", "broken2.jpg"):
+        (tmp_path / name).write_bytes(b"\xff\xd8\xff this is not a JPEG")
+    good = [str(table.image_path(i)) for i in range(8)]
+    broken = SampleTable(tmp_path, good[:3] + ["broken2.jpg"] + good[3:] + ["broken.jpg"], np.zeros(10),
+                         np.zeros(10), 1, origin="broken.csv")
+    with pytest.raises(DataError, match=r"broken.csv: 2 of 10 images cannot be read: sample 3 .*broken2.jpg: .*; "
+                                        r"sample 9 .*broken.jpg: "):
         run_epoch(make_loader(broken, train=False, augment="none"), 0)
 
 
 def test_missing_image_is_named(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "present.png")
     table = SampleTable(tmp_path, ["present.png", "absent.png"], np.zeros(2), np.zeros(2), 1, origin="gone.csv")
-    with pytest.raises(DataError, match=r"gone.csv: sample 1 \(.*absent.png\)"):
+    with pytest.raises(DataError, match=r"gone.csv: 1 of 2 images cannot be read: sample 1 .*absent.png: "):
         run_epoch(make_loader(table, train=False, augment="none"), 0)

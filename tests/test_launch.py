@@ -43,13 +43,14 @@ def test_the_quickstart_exits_2_with_the_error_as_its_last_line(tmp_path):
     assert not (tmp_path / "qs").exists(), "stopped before any stage started"
 
 
-def dataset_with_a_bad_image(folder, bad: int, content: bytes = b"not a png"):
-    """A prepared dataset of 16 real 8x8 PNGs, sample `bad` replaced by `content`."""
+def dataset_with_bad_images(folder, bad: tuple[int, ...], content: bytes = b"not a png"):
+    """A prepared dataset of 16 real 8x8 PNGs, the samples `bad` replaced by `content`."""
     folder.mkdir()
     (folder / "classes.txt").write_text("a\nb\n")
     for i in range(16):
         Image.new("RGB", (8, 8), (15 * i, 0, 0)).save(folder / f"{i}.png")
-    (folder / f"{bad}.png").write_bytes(content)
+    for sample in bad:
+        (folder / f"{sample}.png").write_bytes(content)
     rows = "".join(f"{i}.png,{i % 2},{i % 2}\n" for i in range(16))
     (folder / "train.csv").write_text("path,label,true_label\n" + rows)
     (folder / "test.csv").write_text("path,label,true_label\n" + rows)
@@ -57,21 +58,26 @@ def dataset_with_a_bad_image(folder, bad: int, content: bytes = b"not a png"):
             "bias.noise_type=none", *TINY, "data.batch_size=4"]
 
 
-def test_a_bad_sample_met_by_one_rank_is_torchruns_root_cause_without_tracebacks(tmp_path):
-    data = dataset_with_a_bad_image(tmp_path / "ds", 3)
+def test_every_unreadable_image_is_named_in_torchruns_root_cause_without_tracebacks(tmp_path):
+    """Two ranks each meet one of the two bad images: either rank's error names both, not just the first it met."""
+    ds = tmp_path / "ds"
+    data = dataset_with_bad_images(ds, (3, 12))
     result = torchrun("probe.py", 2, ["--config", str(QUICKSTART), f"run.dir={tmp_path / 'run'}", *data], check=False)
     assert result.returncode != 0
     root_cause = result.stderr.split("Root Cause")[1]
-    assert f"traceback : error: sample 3: cannot read image {tmp_path / 'ds' / '3.png'}" in root_cause
+    assert (f"traceback : error: {ds / 'train.csv'}: 2 of 16 images cannot be read: sample 3 {ds / '3.png'}: "
+            in root_cause), root_cause
+    assert f"; sample 12 {ds / '12.png'}: " in root_cause
     assert "[rank" not in result.stderr and "curvenet_dist/" not in result.stderr, result.stderr
 
 
 def test_a_bad_sample_comes_back_as_the_drivers_last_line(tmp_path):
-    data = dataset_with_a_bad_image(tmp_path / "ds", 6)
+    ds = tmp_path / "ds"
+    data = dataset_with_bad_images(ds, (6,))
     result = quickstart(tmp_path, *data)
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: sample 6: cannot read image {tmp_path / 'ds' / '6.png'}")
+    assert last.startswith(f"error: {ds / 'train.csv'}: 1 of 16 images cannot be read: sample 6 {ds / '6.png'}: ")
 
 
 def test_an_unwritable_run_folder_is_named(tmp_path):
@@ -91,11 +97,11 @@ def wait_for(predicate, process, what, timeout=300):
 
 
 def test_a_failed_run_ends_failed_in_mlflow(tmp_path, mlflow_server):
-    data = dataset_with_a_bad_image(tmp_path / "ds", 5, b"")
+    data = dataset_with_bad_images(tmp_path / "ds", (5,), b"")
     run_dir = tmp_path / "run"
     result = torchrun("probe.py", 1, ["--config", str(QUICKSTART), f"run.dir={run_dir}", *data, "tracking.enabled=true",
                                       f"tracking.uri={mlflow_server}", "tracking.experiment=failed"], check=False)
-    assert error_lines(result.stderr)[0].startswith("error: sample 5: cannot read image")
+    assert "images cannot be read: sample 5 " in error_lines(result.stderr)[0]
     run = MlflowClient(mlflow_server).get_run((run_dir / "mlflow_run_id").read_text().strip())
     assert run.info.status == "FAILED"
 

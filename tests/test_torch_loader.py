@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curvenet_dist.data.sample_table import SampleTable
+from curvenet_dist.data.sample_table import DataError, SampleTable
 from curvenet_dist.data.torch_loader import build_torch_loader
 
 NUM_SAMPLES = 12
@@ -52,3 +52,24 @@ def test_crops_depend_on_seed_and_epoch_not_on_workers_and_leave_the_global_rng_
     for other in (epoch_batches(table, epoch=2), epoch_batches(table, epoch=1, seed=1)):
         by_id = {int(i): image for images, ids in other for i, image in zip(ids, images)}
         assert any(not torch.equal(by_id[int(i)], image) for images, ids in in_process for i, image in zip(ids, images))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_meeting_one_unreadable_image_names_every_one_of_the_table(tmp_path, num_workers):
+    """The loader stops at the first bad image it meets, but its error lists all of them (in a DataLoader worker
+    too), so one run tells the user everything to fix; past five they are counted."""
+    for i in range(NUM_SAMPLES):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    bad = [1, 4, 5, 7, 9, 10, 11]
+    for i in bad:
+        (tmp_path / f"{i}.png").write_bytes(b"not a png" if i % 2 else b"")
+    labels = np.zeros(NUM_SAMPLES)
+    table = SampleTable(tmp_path, [f"{i}.png" for i in range(NUM_SAMPLES)], labels, labels, 1, origin="train.csv")
+    with pytest.raises(DataError) as raised:
+        epoch_batches(table, epoch=0, num_workers=num_workers)
+    message = str(raised.value)
+    assert message.startswith(f"train.csv: 7 of {NUM_SAMPLES} images cannot be read: sample 1 {tmp_path / '1.png'}: ")
+    named = message.split("cannot be read: ")[1].split("; ")[:5]
+    assert [int(part.split()[1]) for part in named] == [1, 4, 5, 7, 9]
+    assert "; and 2 more (`python -m data_prep check --dataset FOLDER`" in message
+    assert "\n" not in message

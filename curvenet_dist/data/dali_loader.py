@@ -19,6 +19,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from curvenet_dist.config import ConfigError
 from curvenet_dist.data.sample_table import DataError, SampleTable
+from curvenet_dist.data.unreadable import unreadable_images_error
 from curvenet_dist.data.sharding import epoch_order, rank_share
 
 AUGMENTS = ("crop_flip", "crop", "resized_crop", "none")
@@ -157,8 +158,9 @@ class DaliLoader:
         if culprit is None:
             return RuntimeError(f"{self.table.origin}: DALI failed on batch {batches_done} of epoch {self.epoch} "
                                 f"(rank {self.rank}): {error}")
-        sample_id = self.ids[files.index(culprit)]
-        return DataError(f"{self.table.origin}: sample {sample_id} ({culprit}) cannot be read or decoded")
+        sample_id = int(self.ids[files.index(culprit)])
+        first = DataError(f"{self.table.origin}: sample {sample_id} ({culprit}) cannot be read or decoded")
+        return unreadable_images_error(self.table, first, {sample_id: "DALI cannot read or decode it"})
 
 
 def build_dali_loader(table: SampleTable, *, train: bool, batch_size: int, image_size: int, mean: list[float],

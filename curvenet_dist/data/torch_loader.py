@@ -6,8 +6,9 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from curvenet_dist.data.sample_table import DataError, SampleTable
+from curvenet_dist.data.sample_table import SampleTable
 from curvenet_dist.data.sharding import epoch_order, rank_share
+from curvenet_dist.data.unreadable import UnreadableImage, read_rgb, unreadable_images_error
 
 
 def build_transform(*, train: bool, image_size: int, augment: str, mean: list[float], std: list[float]) -> v2.Compose:
@@ -42,10 +43,9 @@ class SampleTableDataset(Dataset):
     def __getitem__(self, sample_id: int) -> tuple[torch.Tensor, int, int]:
         path = self.table.image_path(sample_id)
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
+            rgb = read_rgb(path)
         except (OSError, UnidentifiedImageError) as error:
-            raise DataError(f"sample {sample_id}: cannot read image {path}: {error}") from None
+            raise UnreadableImage(f"sample {sample_id}: cannot read image {path}: {error}") from None
         return self._transform(rgb, sample_id), int(self.table.labels[sample_id]), sample_id
 
     def _transform(self, image: Image.Image, sample_id: int) -> torch.Tensor:
@@ -107,8 +107,11 @@ class TorchLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels, ids in self.loader:
-            yield images, labels.long(), ids.long()
+        try:
+            for images, labels, ids in self.loader:
+                yield images, labels.long(), ids.long()
+        except UnreadableImage as error:
+            raise unreadable_images_error(self.dataset.table, error) from None
 
 
 def build_torch_loader(table: SampleTable, *, train: bool, batch_size: int, image_size: int, mean: list[float],
