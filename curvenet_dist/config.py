@@ -292,6 +292,9 @@ class DynamicLossConfig:
     """Width of the bucket and class embeddings and of the corrector's and generator's hidden layers."""
     warmup_epochs: int = 5
     """Plain CE epochs first, in which the corrector learns to reproduce the given labels."""
+    warmup_corrector_steps: int = 2000
+    """The corrector learns the given labels for at most this many of the warm-up's iterations (the reference's
+    cap); 0 leaves it at its initial trust of 0.98."""
     lr: float = 3e-3
     """Adam LR of the corrector and generator (meta.lr is CurveNet's and MW-Net's)."""
     weight_decay: float = 0.0
@@ -302,6 +305,7 @@ class DynamicLossConfig:
             raise ConfigError(f"dynamic_loss.buckets={self.buckets} must be >= 2: one bucket cannot rank samples")
         _positive("dynamic_loss.hidden", self.hidden)
         _positive("dynamic_loss.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        _positive("dynamic_loss.warmup_corrector_steps", self.warmup_corrector_steps, allow_zero=True)
         _positive("dynamic_loss.lr", self.lr)
         _positive("dynamic_loss.weight_decay", self.weight_decay, allow_zero=True)
 

@@ -33,3 +33,22 @@ def test_bad_rows_name_file_and_line(tmp_path, rows, message):
 def test_missing_classes_file_says_what_is_expected(tmp_path):
     with pytest.raises(DataError, match="classes.txt: missing"):
         PreparedDataset.read(tmp_path)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("a.png,1.5,0\n", r"train.csv:2: labels must be integers, found '1.5', '0'"),
+    ("a.png,0,0\n,1,0\n", "train.csv:3: the path is empty"),
+    ("a.png,0,0\nb.png,0,1,1\n", "train.csv:3: expected 3 fields"),
+])
+def test_what_the_fast_reader_refuses_is_named_by_line(tmp_path, rows, message):
+    write_dataset(tmp_path, rows)
+    with pytest.raises(DataError, match=message):
+        PreparedDataset.read(tmp_path)
+
+
+def test_paths_that_look_like_missing_values_or_hold_commas_are_kept(tmp_path):
+    paths = ["NA", "null", "a,b.png", " leading space.png"]
+    labels = np.array([0, 1, 0, 1])
+    SampleTable(tmp_path, paths, labels, labels, 2).write_csv(tmp_path / "train.csv")
+    read = SampleTable.read_csv(tmp_path / "train.csv", tmp_path, 2)
+    assert read.paths == paths and read.labels.tolist() == labels.tolist()

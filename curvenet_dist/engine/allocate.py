@@ -296,7 +296,7 @@ class AllocateTrainer:
             meta_batch = None
             if self.weighting_net is not None and not frozen and not warm and batch % config.meta.interval == 0:
                 meta_batch = tuple(t.to(device, non_blocking=True) for t in self.meta_batches.next())
-            if warm:
+            if warm and epoch * len(self.train_loader) + batch < config.dynamic_loss.warmup_corrector_steps:
                 self._warm_up_corrector(inputs[:, 0], labels, torch.exp(-self.eval_losses[ids]))
             with self.autocast():
                 result = self.iteration.step(images, labels, inputs, meta_batch,
