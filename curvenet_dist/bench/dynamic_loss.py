@@ -13,12 +13,12 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 
-from curvenet_dist.bench.slmo import _timed
 from curvenet_dist.config import SLMOConfig
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.models.cifar_resnet import cifar_resnet
@@ -36,6 +36,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return parser.parse_args(argv)
+
+
+def _timed(step: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def main(argv: list[str]) -> dict:
