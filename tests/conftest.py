@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,26 @@ def torchrun(script: str, nproc: int, arguments: list[str], *, env: dict | None 
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def kill_allocate_after_epoch(arguments: list[str], run_dir: Path, epoch: int = 2) -> dict:
+    """Start `launch/allocate.py ARGUMENTS` on 2 ranks under torchrun, SIGKILL it (agent and workers) once the
+    checkpoint of `epoch` exists, and return that checkpoint."""
+    import torch
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(REPO / "launch" / "allocate.py"), *arguments]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pattern = f"step-{epoch:05d}-*.pt"
+    deadline = time.monotonic() + 300
+    while not list((run_dir / "checkpoints").glob(pattern)):
+        assert time.monotonic() < deadline and process.poll() is None, f"no epoch-{epoch} checkpoint appeared"
+        time.sleep(0.2)
+    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob(pattern))[-1], weights_only=False)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return checkpoint
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, message: str) -> None:

@@ -4,11 +4,6 @@ from __future__ import annotations
 import csv
 import re
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +15,7 @@ from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.allocate import MetaBatches
 from curvenet_dist.tracking.report import class_relative
-from tests.conftest import QUICKSTART, REPO, TINY, assert_clean_error, torchrun
+from tests.conftest import QUICKSTART, TINY, assert_clean_error, kill_allocate_after_epoch, torchrun
 
 pytestmark = pytest.mark.slow
 ALLOCATE = [*TINY, "allocate.epochs=3", "allocate.milestones=[2]", "curvenet.skip_epochs=1", "meta.batch_size=20",
@@ -67,18 +62,8 @@ def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, me
 
 def test_killed_allocate_run_resumes_and_finishes(probe_run, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "launch" / "allocate.py"), "--config", str(QUICKSTART), f"probe.dir={probe_run}",
-               f"run.dir={run_dir}", *ALLOCATE, "allocate.epochs=4"]
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list((run_dir / "checkpoints").glob("step-00002-*.pt")):
-        assert time.monotonic() < deadline and process.poll() is None, "no epoch-2 checkpoint appeared"
-        time.sleep(0.2)
-    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob("step-00002-*.pt"))[-1], weights_only=False)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    checkpoint = kill_allocate_after_epoch(["--config", str(QUICKSTART), f"probe.dir={probe_run}",
+                                            f"run.dir={run_dir}", *ALLOCATE, "allocate.epochs=4"], run_dir)
     assert {"model", "optimizer", "weighting_net", "weighting_optimizer"} <= checkpoint.keys()
     assert checkpoint["weighting_optimizer"]["state"], "CurveNet's Adam state is checkpointed"
     result = allocate(probe_run, run_dir, 2, ["allocate.epochs=4"])

@@ -28,6 +28,8 @@ def trainer_tags(config, world_size: int, probe_dir=None, probe_run_id: str = ""
     if probe_dir is not None:
         tags |= {"skip_layers": str(config.slmo.skip_layers), "meta_sync": config.meta.sync,
                  "probe_dir": str(probe_dir), "probe_run_id": probe_run_id}
+        if config.method != "ce":
+            tags["meta_source"] = config.meta.source
     return tags
 
 
@@ -51,7 +53,8 @@ def log_run(config, run_dir, stage: str, tags: dict[str, str], test_acc: float, 
 
 @pytest.fixture(scope="module")
 def experiment(mlflow_server, tmp_path_factory):
-    """A fresh experiment: a probe, then CE, CurveNet k=2 on 2 ranks and CurveNet k=0 on 1 rank; name -> run id."""
+    """A fresh experiment: a probe, then CE, CurveNet k=2 on 2 ranks, CurveNet k=0 on 1 rank and Dynamic Loss on its
+    hierarchical meta sample; name -> run id."""
     name = f"compare-{uuid.uuid4().hex[:8]}"
     folder = tmp_path_factory.mktemp("compare-runs")
     probe_dir = folder / "probe"
@@ -62,9 +65,11 @@ def experiment(mlflow_server, tmp_path_factory):
     for run_name, method, skip_layers, world_size, test_acc, final in (
             ("ce", "ce", 0, 2, 0.70, {"wall_s": 20.0}),
             ("curvenet-k2", "curvenet", 2, 2, 0.82, {"wall_s": 30.0, "noise_auroc": 0.91, "noise_ap": 0.8}),
-            ("curvenet-k0", "curvenet", 0, 1, 0.78, {"wall_s": 50.0, "noise_auroc": 0.88, "noise_ap": 0.7})):
+            ("curvenet-k0", "curvenet", 0, 1, 0.78, {"wall_s": 50.0, "noise_auroc": 0.88, "noise_ap": 0.7}),
+            ("dynamic-loss", "dynamic_loss", 2, 2, 0.75, {"wall_s": 40.0, "noise_auroc": 0.61, "noise_ap": 0.4})):
+        source = ["meta.source=hierarchical"] if method == "dynamic_loss" else []
         config = load_config(QUICKSTART, [*common, f"method={method}", f"slmo.skip_layers={skip_layers}",
-                                          f"probe.dir={probe_dir}"])
+                                          f"probe.dir={probe_dir}", *source])
         tags = trainer_tags(config, world_size, probe_dir, run_ids["probe"])
         run_ids[run_name] = log_run(config, folder / run_name, "allocate", tags, test_acc, final)
     return name, run_ids
@@ -92,19 +97,22 @@ def test_table_csv_and_plot_cover_every_run(experiment, mlflow_server, tmp_path)
                      uri=mlflow_server)  # the URI from $MLFLOW_TRACKING_URI
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
-    assert [row["run"] for row in rows] == ["probe", "ce", "curvenet-k2", "curvenet-k0"]  # oldest first
-    probe, ce, curvenet, _ = rows
+    assert [row["run"] for row in rows] == ["probe", "ce", "curvenet-k2", "curvenet-k0", "dynamic-loss"]  # oldest first
+    probe, ce, curvenet, _, dynamic = rows
     assert curvenet == {"run": "curvenet-k2", "run_id": run_ids["curvenet-k2"][:8], "stage": "allocate",
-                        "method": "curvenet", "dataset": "digits", "noise": "flip2 0.4", "imbalance": "10.0",
+                        "method": "curvenet", "meta_source": "carved", "dataset": "digits", "noise": "flip2 0.4", "imbalance": "10.0",
                         "skip_layers": "2", "world_size": "2", "test_acc": "0.8200", "many_acc": "0.9200",
                         "medium_acc": "0.8200", "few_acc": "0.6200", "noise_auroc": "0.9100", "wall_s": "30.0",
                         "images_per_s": "200.0"}
     assert (probe["stage"], probe["method"], probe["skip_layers"], probe["noise_auroc"]) == ("probe", "probe", "-", "-")
-    assert ce["noise_auroc"] == "-" and ce["test_acc"] == "0.7000"
+    assert ce["noise_auroc"] == "-" and ce["test_acc"] == "0.7000" and ce["meta_source"] == "-"
+    assert (dynamic["method"], dynamic["meta_source"], dynamic["noise_auroc"]) == ("dynamic_loss", "hierarchical",
+                                                                                  "0.6100")
 
     with open(tmp_path / "runs.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
-    assert [row["run_id"] for row in csv_rows] == [run_ids[r] for r in ("probe", "ce", "curvenet-k2", "curvenet-k0")]
+    assert [row["run_id"] for row in csv_rows] == [run_ids[r] for r in ("probe", "ce", "curvenet-k2", "curvenet-k0",
+                                                                         "dynamic-loss")]
     assert list(csv_rows[0]) == list(rows[0])
     assert float(csv_rows[2]["images_per_s"]) == pytest.approx(200.0)
     assert float(csv_rows[2]["noise_auroc"]) == pytest.approx(0.91)
@@ -124,7 +132,7 @@ def test_filter_stage_and_sort(experiment, mlflow_server):
                       "--sort", "noise_auroc", "--reverse"], uri=None)
     assert result.returncode == 0, result.stderr
     # Lowest AUROC first; CE has no AUROC and goes last.
-    assert [row["run"] for row in table_rows(result.stdout)] == ["curvenet-k0", "curvenet-k2", "ce"]
+    assert [row["run"] for row in table_rows(result.stdout)] == ["dynamic-loss", "curvenet-k0", "curvenet-k2", "ce"]
 
 
 @pytest.mark.parametrize("arguments, message", [

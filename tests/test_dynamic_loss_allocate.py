@@ -6,16 +6,13 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-import torch
 
-from tests.conftest import QUICKSTART, REPO, TINY, torchrun
+from tests.conftest import QUICKSTART, REPO, TINY, kill_allocate_after_epoch, torchrun
 
 pytestmark = pytest.mark.slow
 DYNAMIC = [*TINY, "method=dynamic_loss", "meta.source=hierarchical", "allocate.epochs=3", "allocate.milestones=[3]",
@@ -65,18 +62,8 @@ def test_dynamic_loss_runs_without_a_probe_and_writes_its_outputs(tmp_path, npro
 
 def test_killed_dynamic_loss_run_resumes_and_finishes(tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "launch" / "allocate.py"), "--config", str(QUICKSTART), f"run.dir={run_dir}", *DYNAMIC,
-               "allocate.epochs=4", "allocate.milestones=[4]"]
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list((run_dir / "checkpoints").glob("step-00002-*.pt")):
-        assert time.monotonic() < deadline and process.poll() is None, "no epoch-2 checkpoint appeared"
-        time.sleep(0.2)
-    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob("step-00002-*.pt"))[-1], weights_only=False)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    checkpoint = kill_allocate_after_epoch(["--config", str(QUICKSTART), f"run.dir={run_dir}", *DYNAMIC,
+                                            "allocate.epochs=4", "allocate.milestones=[4]"], run_dir)
     assert {"weighting_net", "weighting_optimizer", "eval_losses", "predicted"} <= checkpoint.keys()
     assert checkpoint["weighting_optimizer"]["state"], "the corrector's Adam state is checkpointed"
     result = allocate(run_dir, 2, ["allocate.epochs=4", "allocate.milestones=[4]"])

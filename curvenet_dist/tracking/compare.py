@@ -4,7 +4,8 @@
 [--stage probe|allocate] [--sort COLUMN [--reverse]] [--plot compare.png] [--csv compare.csv]`
 
 Each row is one run; the columns come from the tags and metrics the trainers log (rank 0):
-- tags `stage`, `method`, `dataset`, `noise_type` + `noise_rate`, `imbalance_factor`, `skip_layers`, `world_size`;
+- tags `stage`, `method`, `meta_source` (where the weighting's meta data came from: `carved`, `hierarchical`, ...),
+  `dataset`, `noise_type` + `noise_rate`, `imbalance_factor`, `skip_layers`, `world_size`;
 - the latest `test_acc`, `many_acc`, `medium_acc`, `few_acc` (fractions), `noise_auroc` and `wall_s`;
 - `images_per_s`: the mean of the per-epoch `samples_per_s` history (all ranks together).
 A value the run does not have is shown as `-` (an empty cell in the CSV, which also holds the full run id and
@@ -14,7 +15,7 @@ metrics sort highest first, tags in ascending order (numeric tags by value), mis
 flips that.
 
 The same comparison in the MLflow UI: open the experiment, tick the runs, press Compare. Runs line up by
-- the tags `stage`, `method`, `skip_layers`, `meta_sync`, `world_size`, `dataset`, `noise_type`, `noise_rate`,
+- the tags `stage`, `method`, `meta_source`, `skip_layers`, `meta_sync`, `world_size`, `dataset`, `noise_type`, `noise_rate`,
   `imbalance_factor` (allocate runs also carry `probe_run_id`, the probe they were trained on);
 - the params that differ between otherwise equal runs, e.g. `method`, `slmo.skip_layers`, `meta.sync`,
   `bias.noise_rate`, `bias.imbalance_factor`, `data.source`, `allocate.epochs`;
@@ -83,6 +84,7 @@ COLUMNS = [
     Column("run_id", lambda run, client: run.info.run_id),
     Column("stage", tag("stage")),
     Column("method", tag("method")),
+    Column("meta_source", tag("meta_source")),
     Column("dataset", tag("dataset")),
     Column("noise", noise),
     Column("imbalance", tag("imbalance_factor")),
