@@ -244,13 +244,12 @@ def main(argv: list[str]) -> dict:
                  "suspects": lambda: part_suspects(arguments.folder),
                  "gather": lambda: worker_gather(arguments.folder),
                  "startup": lambda: worker_startup(arguments.folder)}
-        from curvenet_dist.engine.distributed import teardown_distributed
+        from curvenet_dist.engine.distributed import exit_without_finalization, teardown_distributed
 
         figures = parts[arguments.part]()
         (arguments.folder / f"{arguments.part}-rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(figures))
-        # A gloo group left to the interpreter's exit can abort the process ("terminate called ...").
         teardown_distributed()
-        sys.exit(0)
+        exit_without_finalization(0)
 
     folder = Path(tempfile.mkdtemp(prefix="scale-bench-"))
     try:

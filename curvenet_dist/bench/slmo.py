@@ -28,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from curvenet_dist.config import Config, load_config
 from curvenet_dist.engine.components import autocast_for, build_model
+from curvenet_dist.engine.distributed import exit_without_finalization
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.slmo import split_layers
 from curvenet_dist.meta.weight_scale import WeightScale
@@ -184,6 +185,7 @@ def run_rank(argv: list[str]) -> None:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "threads_per_rank": torch.get_num_threads(), "per_model": figures}))
     dist.destroy_process_group()
+    exit_without_finalization(0)
 
 
 def cost_model() -> dict:

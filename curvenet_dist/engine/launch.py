@@ -93,7 +93,7 @@ def run_stage(stage: str, argv: list[str]) -> None:
     from curvenet_dist.curves.store import CurveStoreError
     from curvenet_dist.data.sample_table import DataError
     from curvenet_dist.engine.checkpoint import CheckpointError
-    from curvenet_dist.engine.distributed import setup_distributed, teardown_distributed
+    from curvenet_dist.engine.distributed import exit_without_finalization, setup_distributed, teardown_distributed
     from curvenet_dist.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
     from curvenet_dist.tracking.mlflow_tracker import end_active_run
 
@@ -103,15 +103,16 @@ def run_stage(stage: str, argv: list[str]) -> None:
     try:
         context = setup_distributed(config.run.device)
         trainer_class(config, context).run()
+        status = 0
     except (ConfigError, DataError, CurveStoreError, CheckpointError) as error:
         end_active_run("FAILED")
         first = context.rank == 0 if context is not None else first_process()
         # Most errors are the same on every rank; a DataError may be one rank's alone (its DataLoader's).
         report_error(error_line(error), speak=first, record=first or isinstance(error, DataError))
-        sys.exit(USER_ERROR_EXIT_CODE)
+        status = USER_ERROR_EXIT_CODE
     except Preempted:
         end_active_run("KILLED")
-        sys.exit(PREEMPTED_EXIT_CODE)
+        status = PREEMPTED_EXIT_CODE
     except KeyboardInterrupt:
         end_active_run("KILLED")
         raise
@@ -123,12 +124,13 @@ def run_stage(stage: str, argv: list[str]) -> None:
         # process's traceback of the broken collective would only bury it.
         print(f"note: rank {context.rank} stopped because another process of the job ended", file=sys.stderr,
               flush=True)
-        sys.exit(1)
+        status = 1
     except BaseException:
         end_active_run("FAILED")
         raise
     finally:
         teardown_distributed()
+    exit_without_finalization(status)
 
 
 def recorded_error(error_file: Path) -> str | None:

@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from curvenet_dist.curves.features import curve_features
 from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.engine.distributed import exit_without_finalization
 
 
 def main() -> None:
@@ -18,6 +19,7 @@ def main() -> None:
     features = curve_features(CurveStore.open(folder / "curves.zarr", mode="r"), skip_epochs=1, normalize_std=True)
     np.save(folder / f"rank{dist.get_rank()}.npy", features)
     dist.destroy_process_group()
+    exit_without_finalization(0)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from curvenet_dist.config import load_config
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
+from curvenet_dist.engine.distributed import exit_without_finalization
 from curvenet_dist.engine.evaluate import losses_and_samples
 from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets
 from curvenet_dist.models.cifar_resnet import cifar_resnet
@@ -39,6 +40,7 @@ def main() -> None:
              sample=hierarchical_sample(losses, train.labels, splits.num_classes, seed=0, epoch=3),
              labels=train.labels)
     dist.destroy_process_group()
+    exit_without_finalization(0)
 
 
 if __name__ == "__main__":

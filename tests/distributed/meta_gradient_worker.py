@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from curvenet_dist.engine.distributed import exit_without_finalization
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.weight_scale import WeightScale
 from curvenet_dist.models.cifar_resnet import cifar_resnet
@@ -155,6 +156,7 @@ def main() -> None:
         results.append(outcome(model, weighting_net, result.meta_loss))
     torch.save(results, args.out / f"rank{rank}.pt")
     dist.destroy_process_group()
+    exit_without_finalization(0)
 
 
 if __name__ == "__main__":

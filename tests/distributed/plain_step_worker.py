@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from curvenet_dist.engine.distributed import exit_without_finalization
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.models.staged import ClassifierHead, StagedNet
 
@@ -43,6 +44,7 @@ def main() -> None:
     iteration.step(images, labels, None, fixed_weights=weights)
     torch.save([param.detach().clone() for param in model.parameters()], args.out / f"rank{rank}.pt")
     dist.destroy_process_group()
+    exit_without_finalization(0)
 
 
 if __name__ == "__main__":
