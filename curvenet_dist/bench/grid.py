@@ -49,6 +49,7 @@ METHODS = ("ce", "mwnet", "curvenet", "dynamic_loss")
 # command line's overrides, so each method stays as configured here.
 METHOD_OVERRIDES = {"mwnet": ["slmo.skip_layers=0"], "dynamic_loss": ["meta.source=hierarchical_clean"]}
 FIGURES = ("test_acc", "few_acc", "noise_auroc")
+METHOD_NAMES = {"ce": "CE", "mwnet": "Meta-Weight-Net", "curvenet": "CurveNet", "dynamic_loss": "Dynamic Loss"}
 
 
 @dataclass
@@ -179,7 +180,8 @@ def markdown(cells: list[dict], means: dict, detector: dict | None, arguments: a
                         *map(str, arguments.seeds), "--methods", *arguments.methods, "--nproc", str(arguments.nproc),
                         *arguments.overrides])
     header = "| method | test acc | few-shot acc | noise AUROC (weights) | noise AUROC (mean probe loss) |"
-    lines = ["# Grid: CE vs Meta-Weight-Net vs CurveNet", "", f"`{command}` (config {arguments.config}).", "",
+    title = ", ".join(METHOD_NAMES.get(method, method) for method in arguments.methods)
+    lines = [f"# Grid: {title}", "", f"`{command}` (config {arguments.config}).", "",
              f"Mean ± std over seeds {arguments.seeds}. Noise AUROC: mislabeled = positive, score = 1 - weight; "
              "beside it the trivial detector's: a sample's mean probe loss on the same curve store.", "",
              "## Mean over cells (MA: the paper's mean accuracy)", "", header.replace("test acc", "MA"),
