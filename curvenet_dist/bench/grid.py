@@ -180,8 +180,10 @@ def markdown(cells: list[dict], means: dict, detector: dict | None, arguments: a
                         *map(str, arguments.seeds), "--methods", *arguments.methods, "--nproc", str(arguments.nproc),
                         *arguments.overrides])
     header = "| method | test acc | few-shot acc | noise AUROC (weights) | noise AUROC (mean probe loss) |"
+    config = Path(arguments.config).resolve()
+    config = config.relative_to(REPO) if config.is_relative_to(REPO) else config
     title = ", ".join(METHOD_NAMES.get(method, method) for method in arguments.methods)
-    lines = [f"# Grid: {title}", "", f"`{command}` (config {arguments.config}).", "",
+    lines = [f"# Grid: {title}", "", f"`{command}` (config {config}).", "",
              f"Mean ± std over seeds {arguments.seeds}. Noise AUROC: mislabeled = positive, score = 1 - weight; "
              "beside it the trivial detector's: a sample's mean probe loss on the same curve store.", "",
              "## Mean over cells (MA: the paper's mean accuracy)", "", header.replace("test acc", "MA"),
@@ -218,8 +220,10 @@ def plot(cells: list[dict], means: dict, detector: dict | None, path: Path) -> N
             axis.bar(positions, [v["mean"] if v else 0 for v in values], width,
                      yerr=[v["std"] if v else 0 for v in values], capsize=3, label=name, **style)
         axis.set_ylabel(label)
-        axis.set_ylim(0, 1)
-        axis.legend(fontsize=8, ncols=len(bars))
+        # Headroom above the bars for the legend, which would otherwise sit on them.
+        axis.set_ylim(0, 1.2)
+        axis.set_yticks(np.linspace(0, 1, 6))
+        axis.legend(fontsize=8, ncols=len(bars), loc="upper center")
     axes[1].set_xticks(range(len(groups)), [name for name, _, _ in groups], fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
