@@ -72,9 +72,14 @@ class SlurmCluster:
             if fields["JobState"] in states:
                 return fields
             if fields["JobState"] in FINISHED_STATES or time.monotonic() > deadline:
+                # The cluster's folder goes with the test: keep what slurmctld said about the job in the message.
+                log = self.root / "log" / "slurmctld.log"
+                mentions = [line for line in (log.read_text(errors="replace").splitlines() if log.is_file() else [])
+                            if f"JobId={job_id} " in line or f"JobId={job_id}." in line]
                 raise AssertionError(
                     f"job {job_id} is {fields['JobState']} (reason {fields.get('Reason')}, exit {fields.get('ExitCode')})"
-                    f", expected one of {sorted(states)} within {timeout_s:.0f}s; output in {fields.get('StdOut')}"
+                    f", expected one of {sorted(states)} within {timeout_s:.0f}s; output in {fields.get('StdOut')}; "
+                    f"slurmctld on the job:\n" + "\n".join(mentions[-20:])
                 )
             time.sleep(1)
 
