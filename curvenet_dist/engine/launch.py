@@ -85,8 +85,9 @@ def run_stage(stage: str, argv: list[str]) -> None:
         config = parse_config(argv, stage)
         check_run_dir(Path(config.run.dir))
     except ConfigError as error:
-        # Every process of the job reads the same command line: the first speaks (and records) for all.
-        report_error(error_line(error), speak=first_process(), record=first_process())
+        # Every process of the job reads the same command line: the first speaks for all. Every one records it:
+        # torchrun's summary (and `torchrun_stage`) take the first process to exit as the root cause, whichever.
+        report_error(error_line(error), speak=first_process(), record=True)
         sys.exit(USER_ERROR_EXIT_CODE)
 
     # Loaded only now: torch, the trainers and MLflow take many seconds to import, a bad key is reported at once.
@@ -107,8 +108,9 @@ def run_stage(stage: str, argv: list[str]) -> None:
     except (ConfigError, DataError, CurveStoreError, CheckpointError) as error:
         end_active_run("FAILED")
         first = context.rank == 0 if context is not None else first_process()
-        # Most errors are the same on every rank; a DataError may be one rank's alone (its DataLoader's).
-        report_error(error_line(error), speak=first, record=first or isinstance(error, DataError))
+        # Most errors are the same on every rank, so the first speaks for all; each records its own, since torchrun
+        # takes whichever rank exits first as the root cause (and a DataError may be one rank's alone).
+        report_error(error_line(error), speak=first, record=True)
         status = USER_ERROR_EXIT_CODE
     except Preempted:
         end_active_run("KILLED")
