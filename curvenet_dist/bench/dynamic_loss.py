@@ -13,12 +13,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 
+from curvenet_dist.bench.slmo import timed
 from curvenet_dist.config import SLMOConfig
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.models.cifar_resnet import cifar_resnet
@@ -36,16 +36,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return parser.parse_args(argv)
-
-
-def _timed(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str]) -> dict:
@@ -88,7 +78,7 @@ def main(argv: list[str]) -> dict:
     for round_index in range(args.warmup + args.rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            seconds = _timed(variants[name], device)
+            seconds = timed(variants[name], device)
             if round_index >= args.warmup:
                 times[name].append(seconds)
     median = {name: statistics.median(values) for name, values in times.items()}

@@ -121,13 +121,18 @@ class Step:
         return counted
 
     def timed(self, name: str) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        self.variants[name]()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+        return timed(self.variants[name], self.device)
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    """Seconds `step` takes, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def _spread(values: list[float]) -> dict[str, float]:

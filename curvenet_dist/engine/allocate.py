@@ -335,12 +335,13 @@ class AllocateTrainer:
                                                  self.autocast, generator)
             self.eval_losses = torch.from_numpy(losses).to(device)
             self.predicted = torch.from_numpy(samples).to(device)
-        buckets = rank_buckets(self.eval_losses.cpu().numpy(), train.labels, config.dynamic_loss.buckets)
+        losses = self.eval_losses.cpu().numpy()
+        buckets = rank_buckets(losses, train.labels, config.dynamic_loss.buckets)
         self.sample_inputs = torch.stack([torch.from_numpy(buckets).to(device), self.predicted], dim=1)
         if train_on_all:
             self.train_rows = None
             return self.train_loader
-        meta_rows = hierarchical_sample(self.eval_losses.cpu().numpy(), train.labels, self.splits.num_classes,
+        meta_rows = hierarchical_sample(losses, train.labels, self.splits.num_classes,
                                         config.run.seed, epoch)
         train_rows = np.setdiff1d(train.ids, meta_rows)
         self.train_rows = torch.from_numpy(train_rows)
