@@ -1,6 +1,7 @@
-"""All-reduce-mean across ranks, plain (for gradients) and differentiable (for the exact meta-gradient).
+"""All-reduce-mean across ranks: plain, differentiable (for the exact meta-gradient), and overlapped with a
+backward (for the classifier's gradients after a meta update).
 
-Each call flattens its tensors into one buffer for a single collective. Both are no-ops when torch.distributed
+Each call flattens its tensors into one buffer for a single collective. All are no-ops when torch.distributed
 is not initialised or the world has one rank.
 """
 from __future__ import annotations
@@ -48,3 +49,67 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for tensor, mean in zip(tensors, _all_reduce_mean(tensors)):
             tensor.copy_(mean)
+
+
+class OverlappedGradientMean:
+    """Averages the gradients of `parameters` over ranks while the backward that produces them still runs, as
+    DDP's reducer does: the parameters are cut into buckets of about `bucket_mb` in reverse registration order
+    (roughly the order the backward reaches them), and a bucket's asynchronous all-reduce starts as soon as the
+    last gradient in it and in every bucket before it has been accumulated: the buckets go out in one order on
+    every rank, so each rank's collectives pair up with the same bucket on the others. DDP cannot do this for the
+    allocate stage's meta step: its hooks only act after a forward through the wrapper, and the meta step's
+    forward goes through the bottom/top split.
+
+    Call `start()` before the backward and `finish()` after it; outside that window the hooks do nothing (the
+    virtual and meta steps take gradients with autograd.grad, which accumulates nothing)."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter], bucket_mb: float = 25.0):
+        self.buckets: list[list[torch.nn.Parameter]] = [[]]
+        bucket_bytes = 0
+        for param in reversed(parameters):
+            if self.buckets[-1] and bucket_bytes + param.numel() * param.element_size() > bucket_mb * 2**20:
+                self.buckets.append([])
+                bucket_bytes = 0
+            self.buckets[-1].append(param)
+            bucket_bytes += param.numel() * param.element_size()
+        self.bucket_of = {param: index for index, bucket in enumerate(self.buckets) for param in bucket}
+        self.active = False
+        if world_size() > 1:
+            for param in parameters:
+                param.register_post_accumulate_grad_hook(self._accumulated)
+
+    def start(self) -> None:
+        self.active = world_size() > 1
+        self.waiting = [len(bucket) for bucket in self.buckets]
+        self.next_bucket = 0
+        self.in_flight: list[tuple[list[torch.Tensor], torch.Tensor, object]] = []
+
+    def _accumulated(self, param: torch.nn.Parameter) -> None:
+        if not self.active:
+            return
+        self.waiting[self.bucket_of[param]] -= 1
+        while self.next_bucket < len(self.buckets) and self.waiting[self.next_bucket] == 0:
+            self._launch_next()
+
+    def _launch_next(self) -> None:
+        grads = [param.grad for param in self.buckets[self.next_bucket] if param.grad is not None]
+        self.next_bucket += 1
+        if grads:
+            flat = torch.cat([grad.reshape(-1) for grad in grads])
+            self.in_flight.append((grads, flat, dist.all_reduce(flat, async_op=True)))
+
+    def finish(self) -> None:
+        """Wait for every bucket's all-reduce and write the means into the gradients. A bucket whose parameters
+        did not all receive a gradient is reduced now, over the gradients that exist (the same on every rank)."""
+        if not self.active:
+            return
+        while self.next_bucket < len(self.buckets):
+            self._launch_next()
+        with torch.no_grad():
+            for grads, flat, work in self.in_flight:
+                work.wait()
+                flat /= world_size()
+                for grad, mean in zip(grads, flat.split([grad.numel() for grad in grads])):
+                    grad.copy_(mean.view_as(grad))
+        self.active = False
+        self.in_flight = []

@@ -21,7 +21,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from curvenet_dist.config import ConfigError
-from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_reduce_mean
+from curvenet_dist.meta.distributed import OverlappedGradientMean, all_reduce_mean_, differentiable_all_reduce_mean
 from curvenet_dist.meta.slmo import PartRange, split_layers
 from curvenet_dist.meta.virtual_step import virtual_optimizer_step, virtual_sgd_step
 from curvenet_dist.meta.weight_scale import WeightScale
@@ -106,6 +106,7 @@ class MetaIteration:
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
         self.top = PartRange(model, self.split.bottom_part_count)
         self.classifier_parameters = [param for param in model.parameters() if param.requires_grad]
+        self.gradient_mean = OverlappedGradientMean(self.classifier_parameters)
         self.virtual_parameters = {
             name: param for name, param in self.split.top_parameters.items() if param.requires_grad
         }
@@ -146,14 +147,16 @@ class MetaIteration:
             sample_losses = losses
         else:
             sample_losses, weights = self.training_loss(logits, labels, losses, inputs, track_meta=False)
+        # After a DDP forward DDP averages the gradients during the backward; after a meta update's forward
+        # (through PartRange, unseen by DDP) our own buckets do. The running statistics are averaged either way,
+        # so every replica evaluates the same.
+        overlapped = meta_update or self.data_parallel is None
+        if overlapped:
+            self.gradient_mean.start()
         sample_losses.mean().backward()
-        # After a meta update's forward (through PartRange, unseen by DDP) the gradients are averaged here in one
-        # collective; after a DDP forward DDP has averaged them during the backward. The running statistics are
-        # averaged either way, so every replica evaluates the same.
-        to_average = list(self.running_statistics)
-        if meta_update or self.data_parallel is None:
-            to_average += [param.grad for param in self.classifier_parameters if param.grad is not None]
-        all_reduce_mean_(to_average)
+        if overlapped:
+            self.gradient_mean.finish()
+        all_reduce_mean_(list(self.running_statistics))
         self.classifier_optimizer.step()
         return IterationResult(losses=losses.detach(), weights=weights, meta_loss=meta_loss)
 

@@ -147,13 +147,19 @@ def main() -> None:
         model = copy.deepcopy(initial[case.backbone])
         weighting_net = build_weighting_net(case.weighting)
         scale = WeightScale(case.scale, case.sync, batch["reference_curves"], batch["reference_labels"])
+        # The stem's gradient comes last in the backward; registered before MetaIteration's own hooks, this one sees
+        # how many gradient buckets were already being reduced by then.
+        in_flight_at_stem = []
+        next(model.parameters()).register_post_accumulate_grad_hook(
+            lambda _: in_flight_at_stem.append(len(iteration.gradient_mean.in_flight)))
         iteration = MetaIteration(model, weighting_net, *optimizers(model, weighting_net), case.skip_layers,
                                   sync=case.sync, weight_scale=scale, virtual_rule=case.virtual_rule,
                                   training_loss=(DynamicLossTraining(weighting_net)
                                                  if case.weighting == "dynamic_loss" else None))
         result = iteration.step(shard["images"], shard["labels"], shard[input_name(case.weighting)],
                                 (shard["meta_images"], shard["meta_labels"]))
-        results.append(outcome(model, weighting_net, result.meta_loss))
+        results.append({**outcome(model, weighting_net, result.meta_loss), "in_flight_at_stem": in_flight_at_stem,
+                        "buckets": len(iteration.gradient_mean.buckets)})
     torch.save(results, args.out / f"rank{rank}.pt")
     dist.destroy_process_group()
     exit_without_finalization(0)
