@@ -38,6 +38,12 @@ def run_image_folder(capsys: pytest.CaptureFixture, root: Path, out: Path, *opti
                    "--out", out, *options)
 
 
+def run_food101n(capsys: pytest.CaptureFixture, root: Path, out: Path) -> tuple[int, str, str]:
+    """`python -m data_prep food101n` on a build_food101n fixture."""
+    return run_cli(capsys, "food101n", "--food101n-root", root / "Food-101N_release", "--food101-root",
+                   root / "food-101", "--out", out)
+
+
 def read_rows(csv_file: Path) -> list[list[str]]:
     with open(csv_file, newline="") as f:
         return list(csv.reader(f))[1:]
@@ -154,16 +160,7 @@ def test_interrupted_check_resumes_without_rechecking(tmp_path: Path, capsys: py
 def test_food101n_protocol_and_quirks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = build_food101n(tmp_path / "food")
     out_folder = tmp_path / "prepared"
-    code, out, _ = run_cli(
-        capsys,
-        "food101n",
-        "--food101n-root",
-        root / "Food-101N_release",
-        "--food101-root",
-        root / "food-101",
-        "--out",
-        out_folder,
-    )
+    code, out, _ = run_food101n(capsys, root, out_folder)
     assert code == 0
     dataset = PreparedDataset.read(out_folder)
     assert dataset.class_names == FOOD_CLASSES
@@ -295,16 +292,7 @@ def test_food101n_class_outside_the_class_list_names_file_and_line(
 ) -> None:
     root = build_food101n(tmp_path / "food", train_per_class=1, test_per_class=1)
     edit_line(root / "food-101" / "meta" / "test.txt", 2, "churros/3000999")
-    code, _, err = run_cli(
-        capsys,
-        "food101n",
-        "--food101n-root",
-        root / "Food-101N_release",
-        "--food101-root",
-        root / "food-101",
-        "--out",
-        tmp_path / "prepared",
-    )
+    code, _, err = run_food101n(capsys, root, tmp_path / "prepared")
     assert code == 2
     assert f"{root / 'food-101' / 'meta' / 'test.txt'}:2: class 'churros' is not in the class list" in err
 
