@@ -16,6 +16,7 @@ def test_the_dynamic_loss_benchmark_prints_every_epoch_ratio():
     figures = json.loads(completed.stdout.strip().splitlines()[-1])
     assert set(figures["epoch_vs_plain"]) == {f"skip{skip}_interval{interval}" for skip in range(4)
                                               for interval in (1, 2)}
-    assert figures["ratio_default_vs_plain"] == figures["epoch_vs_plain"][f"skip{figures['default_skip_layers']}_interval1"]
+    default = f"skip{figures['default_skip_layers']}_interval{figures['default_meta_interval']}"
+    assert default == "skip3_interval2" and figures["ratio_default_vs_plain"] == figures["epoch_vs_plain"][default]
     # A meta step every batch through the whole network costs more than a plain step, whatever the machine's load.
     assert figures["epoch_vs_plain"]["skip0_interval1"] > 1

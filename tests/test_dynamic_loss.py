@@ -117,6 +117,8 @@ def test_hierarchical_sample_is_balanced_low_loss_and_seeded():
 @pytest.mark.parametrize("overrides, message", [
     (["method=dynamic_loss", "meta.source=carved"], "meta.source='carved' is not allowed for method=dynamic_loss"),
     (["method=dynamic_loss", "meta.source=hierarchical", "dynamic_loss.buckets=1"], "dynamic_loss.buckets=1 must be >= 2"),
+    (["method=dynamic_loss", "meta.source=hierarchical", "dynamic_loss.meta_interval=0"],
+     "dynamic_loss.meta_interval=0 must be > 0"),
     (["method=curvenet", "meta.source=hierarchical"], "meta.source='hierarchical' is Dynamic Loss's"),
     (["method=dynamic_loss", "meta.source=hierarchical", "meta.weight_scale=batch"], "does not apply to"),
 ])

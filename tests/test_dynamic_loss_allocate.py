@@ -16,7 +16,7 @@ from tests.conftest import QUICKSTART, REPO, TINY, kill_allocate_after_epoch, to
 
 pytestmark = pytest.mark.slow
 DYNAMIC = [*TINY, "method=dynamic_loss", "meta.source=hierarchical", "allocate.epochs=3", "allocate.milestones=[3]",
-           "dynamic_loss.warmup_epochs=1", "dynamic_loss.buckets=10", "meta.batch_size=20", "slmo.skip_layers=2"]
+           "dynamic_loss.warmup_epochs=1", "dynamic_loss.buckets=10", "meta.batch_size=20"]
 
 
 def allocate(run_dir, nproc, extra=(), **kwargs):
@@ -46,7 +46,8 @@ def test_every_rank_has_the_same_buckets_and_hierarchical_sample(tmp_path):
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_dynamic_loss_runs_without_a_probe_and_writes_its_outputs(tmp_path, nproc):
     run_dir = tmp_path / "run"
-    result = allocate(run_dir, nproc)
+    # CurveNet's SLMO depth and meta interval are not Dynamic Loss's: it runs with its own.
+    result = allocate(run_dir, nproc, ["slmo.skip_layers=1", "meta.interval=5"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["method"] == "dynamic_loss" and metrics["world_size"] == nproc
     for key in ("test_acc", "many_acc", "medium_acc", "few_acc"):
@@ -58,6 +59,8 @@ def test_dynamic_loss_runs_without_a_probe_and_writes_its_outputs(tmp_path, npro
     assert len(rows) == len(weights) == metrics["num_samples"]
     assert ((weights > 0) & (weights < 1)).all() and 0 <= metrics["noise_auroc"] <= 1
     assert "meta set (hierarchical)" in result.stdout and "done: test accuracy" in result.stdout
+    assert "skip_layers 3, a meta update every 2 batch(es)" in result.stdout
+    assert metrics["skip_layers"] == 3
 
 
 def test_killed_dynamic_loss_run_resumes_and_finishes(tmp_path):

@@ -5,7 +5,8 @@ margins) plus one evaluation pass over the N training samples (ranks and sampled
 timed per batch on the same model and random data, rotating the order round by round and taking medians as the
 `slmo` benchmark does, and combined into the epoch ratio
     (N/B * iteration + N/E * eval batch) / (N/B * plain step), E the eval batch size,
-for each skip_layers and for a meta step every iteration and every second one (`meta.interval`).
+for each skip_layers and for a meta step every iteration and every second one (`dynamic_loss.meta_interval`;
+the defaults, `dynamic_loss.skip_layers` 3 and `meta_interval` 2, give `ratio_default_vs_plain`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from curvenet_dist.bench.slmo import timed
-from curvenet_dist.config import SLMOConfig
+from curvenet_dist.config import DynamicLossConfig
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.models.cifar_resnet import cifar_resnet
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining
@@ -90,13 +91,14 @@ def main(argv: list[str]) -> dict:
         ) / median["plain"]
         for skip in range(model.num_stages + 1) for interval in (1, 2)
     }
-    default = SLMOConfig().skip_layers
+    default = DynamicLossConfig()
     return {
         "step_s": median,
         "epoch_vs_plain": epoch_vs_plain,
         "eval_pass_share_of_plain_epoch": eval_per_batch / median["plain"],
-        "default_skip_layers": default,
-        "ratio_default_vs_plain": epoch_vs_plain[f"skip{default}_interval1"],
+        "default_skip_layers": default.skip_layers,
+        "default_meta_interval": default.meta_interval,
+        "ratio_default_vs_plain": epoch_vs_plain[f"skip{default.skip_layers}_interval{default.meta_interval}"],
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,

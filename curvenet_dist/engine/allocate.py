@@ -106,8 +106,12 @@ class AllocateTrainer:
             self.curves = torch.from_numpy(features).to(device)
 
         self.model = build_model(config, self.splits.num_classes, device)
-        self.skip_layers = config.slmo.skip_layers
-        self.model.bottom_part_count(self.skip_layers)  # a clear error if skip_layers exceeds the backbone's depth
+        dynamic_loss = self.method == "dynamic_loss"
+        self.skip_layers = config.dynamic_loss.skip_layers if dynamic_loss else config.slmo.skip_layers
+        self.meta_interval = config.dynamic_loss.meta_interval if dynamic_loss else config.meta.interval
+        if self.skip_layers > self.model.num_stages:
+            raise ConfigError(f"{'dynamic_loss' if dynamic_loss else 'slmo'}.skip_layers={self.skip_layers} is more "
+                              f"than this backbone's {self.model.num_stages} stages")
         self.weighting_net = self._build_weighting_net().to(device) if self.method != "ce" else None
         broadcast_model(self.model)
         if self.weighting_net is not None:
@@ -146,7 +150,7 @@ class AllocateTrainer:
 
         self.fingerprint = fingerprint(store.fingerprint if store else train.fingerprint(), config.method,
                                        vars(config.dynamic_loss) if self.method == "dynamic_loss" else None, vars(config.allocate), vars(config.curvenet),
-                                       vars(config.meta), config.slmo.skip_layers, vars(config.optim), config.run.seed)
+                                       vars(config.meta), self.skip_layers, vars(config.optim), config.run.seed)
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", self.fingerprint, config.run.keep_checkpoints)
         self.stop = StopSignal(device)
         self.progress = Progress(context.is_main, f"allocate {self.method}", config.allocate.epochs)
@@ -203,8 +207,9 @@ class AllocateTrainer:
         barrier()
         tracker = build_tracker(config, self.run_dir, "allocate", self._tags(), context.is_main)
         meta_size = f"{len(self.meta_table)} " if self.meta_table is not None else ""
-        meta = (f"meta set {meta_size}({config.meta.source}), skip_layers {self.skip_layers}, meta.sync "
-                f"{config.meta.sync}, " if self.weighting_net is not None else "")
+        meta = (f"meta set {meta_size}({config.meta.source}), skip_layers {self.skip_layers}, a meta update every "
+                f"{self.meta_interval} batch(es), meta.sync {config.meta.sync}, "
+                if self.weighting_net is not None else "")
         self.progress.say(f"method {self.method}, {len(self.splits.train)} training samples, {meta}"
                           f"{context.world_size} rank(s)")
         if start_epoch or start_batch:
@@ -294,7 +299,7 @@ class AllocateTrainer:
             if self.sample_inputs is not None:
                 inputs = self.sample_inputs[ids]
             meta_batch = None
-            if self.weighting_net is not None and not frozen and not warm and batch % config.meta.interval == 0:
+            if self.weighting_net is not None and not frozen and not warm and batch % self.meta_interval == 0:
                 meta_batch = tuple(t.to(device, non_blocking=True) for t in self.meta_batches.next())
             if warm and epoch * len(self.train_loader) + batch < config.dynamic_loss.warmup_corrector_steps:
                 self._warm_up_corrector(inputs[:, 0], labels, torch.exp(-self.eval_losses[ids]))
