@@ -36,5 +36,5 @@ def test_clothing1m_layout_runs_probe_and_allocate_through_dali(tmp_path):
     torchrun("allocate.py", 2, ["--config", CONFIG, f"probe.dir={probe_dir}", f"run.dir={allocate_dir}",
                                 "method=curvenet", *data, *SMALL])
     metrics = json.loads((allocate_dir / "metrics.json").read_text())
-    assert metrics["method"] == "curvenet" and metrics["world_size"] == 2 and metrics["skip_layers"] == 3
+    assert metrics["method"] == "curvenet" and metrics["world_size"] == 2 and metrics["skip_layers"] == 4
     assert len(np.load(allocate_dir / "weights.npy")) == store.num_samples
