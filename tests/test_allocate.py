@@ -76,7 +76,7 @@ def test_killed_allocate_run_resumes_and_finishes(probe_run, tmp_path):
     (["curvenet.skip_epochs=4"], "holds 4 probe epochs; curvenet.skip_epochs=4 needs at least 5"),
     (["bias.noise_rate=0.2"], "was recorded on another dataset"),
     (["method=focal"], "method='focal' is not allowed"),
-    (["slmo.skip_layers=4"], "slmo.skip_layers=4 is more than this backbone's 3 stages"),
+    (["slmo.skip_layers=4"], "slmo.skip_layers=4 is outside [0, 3]"),
     (["meta.source=split"], "the dataset has no meta split"),
     (["probe.dir="], "probe.dir must name the probe run folder"),
 ])

@@ -109,9 +109,9 @@ class AllocateTrainer:
         dynamic_loss = self.method == "dynamic_loss"
         self.skip_layers = config.dynamic_loss.skip_layers if dynamic_loss else config.slmo.skip_layers
         self.meta_interval = config.dynamic_loss.meta_interval if dynamic_loss else config.meta.interval
-        if self.skip_layers > self.model.num_stages:
-            raise ConfigError(f"{'dynamic_loss' if dynamic_loss else 'slmo'}.skip_layers={self.skip_layers} is more "
-                              f"than this backbone's {self.model.num_stages} stages")
+        # A clear error, before any training, if skip_layers exceeds the backbone's depth.
+        self.model.bottom_part_count(self.skip_layers,
+                                     "dynamic_loss.skip_layers" if dynamic_loss else "slmo.skip_layers")
         self.weighting_net = self._build_weighting_net().to(device) if self.method != "ce" else None
         broadcast_model(self.model)
         if self.weighting_net is not None:

@@ -156,7 +156,7 @@ class MetaIteration:
         sample_losses.mean().backward()
         if overlapped:
             self.gradient_mean.finish()
-        all_reduce_mean_(list(self.running_statistics))
+        all_reduce_mean_(self.running_statistics)
         self.classifier_optimizer.step()
         return IterationResult(losses=losses.detach(), weights=weights, meta_loss=meta_loss)
 

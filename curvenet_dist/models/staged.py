@@ -22,11 +22,12 @@ class StagedNet(nn.Module):
     def num_stages(self) -> int:
         return len(self.parts) - 2
 
-    def bottom_part_count(self, skip_layers: int) -> int:
-        """How many leading parts SLMO keeps out of the virtual step for `skip_layers`."""
+    def bottom_part_count(self, skip_layers: int, key: str = "slmo.skip_layers") -> int:
+        """How many leading parts SLMO keeps out of the virtual step for `skip_layers` (the config `key` it came
+        from names it in the error)."""
         if not 0 <= skip_layers <= self.num_stages:
             raise ConfigError(
-                f"slmo.skip_layers={skip_layers} is outside [0, {self.num_stages}] for this backbone "
+                f"{key}={skip_layers} is outside [0, {self.num_stages}] for this backbone "
                 f"({self.num_stages} stages)"
             )
         return 0 if skip_layers == 0 else skip_layers + 1
