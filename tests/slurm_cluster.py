@@ -52,29 +52,6 @@ class SlurmCluster:
         text = self.command("scontrol", "--oneliner", "show", "job", str(job_id)).stdout
         return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
-    def wait_until_node_idle(self, timeout_s: float) -> None:
-        """Poll until the node runs nothing and completes nothing (its State is plain IDLE)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            text = self.command("scontrol", "--oneliner", "show", "node", self.node_name).stdout
-            state = dict(item.split("=", 1) for item in text.split() if "=" in item).get("State")
-            if state == "IDLE":
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node {self.node_name} is still {state} after {timeout_s:.0f}s")
-            time.sleep(0.5)
-
-    def wait_until_batch_scripts_done(self, job_id: int, count: int, timeout_s: float) -> None:
-        """Poll until slurmd has logged the end of `count` batch scripts of the job. slurmd's step logs this after
-        slurmctld has taken the script's exit status, which can come after the job already shows as requeued."""
-        log = self.root / "log" / "slurmd.log"
-        deadline = time.monotonic() + timeout_s
-        while (log.read_text(errors="replace") if log.is_file() else "").count(f"[{job_id}.batch] done with job") < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"slurmd did not log {count} finished batch scripts of job {job_id} in "
-                                     f"{timeout_s:.0f}s")
-            time.sleep(0.2)
-
     def wait_for_state(self, job_id: int, states: set[str], timeout_s: float) -> dict[str, str]:
         """Poll until the job is in one of `states`; fail with the job's record if it ends elsewhere or time runs out."""
         deadline = time.monotonic() + timeout_s
@@ -135,7 +112,9 @@ SlurmdPort={_free_port()}
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge/munge.socket
+# A requeued job waits cred_expire seconds before it may start again (slurmctld's job_mgr.c: the old attempt's
+# credential and exit status must be cleared first); the default 120 s would idle the requeue test.
+AuthInfo=socket={root}/munge/munge.socket,cred_expire=20
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
