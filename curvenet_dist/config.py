@@ -267,17 +267,20 @@ class MetaConfig:
     """For `lowest_loss`: samples per class."""
     weight_scale: str = "auto"
     """What the weights are divided by before they weigh the loss: `dataset` (the mean weight over the training
-    set, estimated on scale_samples fixed samples; CurveNet only, its inputs being fixed per sample), `batch` (the
+    set, estimated on scale_samples fixed samples; CurveNet only, its inputs being fixed per sample), `class` (the
+    mean weight of the sample's given class, estimated alike, times N / (C n_c): every class gets the same total
+    weight and CurveNet shares it out within the class; CurveNet only), `batch` (the
     batch mean over all ranks, Meta-Weight-Net's original normalisation), `none` (DESIGN.md §5's plain mean) or
     `auto`: `dataset` for CurveNet, `none` for Meta-Weight-Net (its reference code). Without a scale the meta
     step can lower the meta loss by raising every weight (see docs/DESIGN.md)."""
     scale_samples: int = 1024
-    """For weight_scale `dataset`: how many training samples estimate the mean weight (all, if fewer)."""
+    """For weight_scale `dataset`: how many training samples estimate the mean weight (all, if fewer); for
+    `class`: this many divided by the class count, per class."""
 
     def validate(self) -> None:
         _choice("meta.sync", self.sync, ("exact", "local"))
         _choice("meta.source", self.source, ("carved", "split", "lowest_loss", "hierarchical", "hierarchical_clean"))
-        _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch", "dataset"))
+        _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch", "dataset", "class"))
         for key in ("lr", "interval", "batch_size", "per_class", "scale_samples"):
             _positive(f"meta.{key}", getattr(self, key))
 
@@ -375,8 +378,8 @@ class Config:
         elif self.meta.source in HIERARCHICAL_SOURCES:
             raise ConfigError(f"meta.source={self.meta.source!r} is Dynamic Loss's; method={self.method!r} takes "
                               f"carved, split or lowest_loss")
-        if self.meta.weight_scale == "dataset" and self.method == "mwnet":
-            raise ConfigError("meta.weight_scale='dataset' needs inputs fixed per sample (CurveNet's curves); "
+        if self.meta.weight_scale in ("dataset", "class") and self.method == "mwnet":
+            raise ConfigError(f"meta.weight_scale={self.meta.weight_scale!r} needs inputs fixed per sample (CurveNet's curves); "
                               "Meta-Weight-Net's input is the current loss: use auto, batch or none")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)

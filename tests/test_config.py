@@ -40,3 +40,9 @@ def test_saved_config_round_trips(tmp_path):
     config.save(tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["probe"]["epochs"] == 7
     assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("scale", ["dataset", "class"])
+def test_a_scale_over_fixed_inputs_is_refused_for_meta_weight_net(scale):
+    with pytest.raises(ConfigError, match=f"meta.weight_scale='{scale}' needs inputs fixed per sample"):
+        load_config(QUICKSTART, ["method=mwnet", f"meta.weight_scale={scale}"])

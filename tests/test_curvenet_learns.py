@@ -13,7 +13,7 @@ from curvenet_dist.curves.features import class_normalized_curves
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.bias import corrupt_labels
 from curvenet_dist.meta.meta_iteration import MetaIteration
-from curvenet_dist.meta.weight_scale import WeightScale
+from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
 from curvenet_dist.models.staged import ClassifierHead, StagedNet
 from curvenet_dist.models.weighting import CurveNet
 from curvenet_dist.tracking.report import class_relative, noise_detection_scores, suspect_order
@@ -68,7 +68,8 @@ def train_curvenet(data: dict, scale: str, steps: int, meta_lr: float = 1e-3) ->
     model = small_classifier()
     torch.manual_seed(1)
     curvenet = CurveNet(EPOCHS - SKIP_EPOCHS, NUM_CLASSES)
-    weight_scale = WeightScale(scale, "exact", data["features"], data["given"])
+    weight_scale = WeightScale(scale, "exact", data["features"], data["given"],
+                               np.bincount(data["given"].numpy(), minlength=NUM_CLASSES))
     iteration = MetaIteration(
         model, curvenet, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
         torch.optim.Adam(curvenet.parameters(), lr=meta_lr, weight_decay=1e-4), skip_layers=0,
@@ -91,8 +92,9 @@ def noise_auroc(weights: np.ndarray, data: dict) -> float:
     return roc_auc_score(data["true"] != data["given"].numpy(), -weights)
 
 
-def test_curvenet_separates_mislabeled_samples_within_tens_of_meta_steps(biased_data):
-    curvenet, weight_scale = train_curvenet(biased_data, "dataset", steps=40)
+@pytest.mark.parametrize("scale", ["dataset", "class"])
+def test_curvenet_separates_mislabeled_samples_within_tens_of_meta_steps(biased_data, scale):
+    curvenet, weight_scale = train_curvenet(biased_data, scale, steps=40)
     weights = all_weights(curvenet, biased_data)
     assert weights.std() / weights.mean() > 0.05, "the weights must vary between samples"
     assert noise_auroc(weights, biased_data) >= 0.9
@@ -106,12 +108,35 @@ def test_the_dataset_scale_cannot_drift_to_all_weights_one(biased_data):
 
     scaled, weight_scale = train_curvenet(biased_data, "dataset", steps=40, meta_lr=3e-2)
     raw = torch.from_numpy(all_weights(scaled, biased_data))
-    effective = weight_scale.frozen(raw).numpy()
+    effective = weight_scale.frozen(raw, biased_data["given"]).numpy()
     # The classifier sees weights of mean 1 whatever the net's level, so raising every weight buys nothing:
     # the weights stay spread and keep flagging the mislabeled samples.
     assert effective.mean() == pytest.approx(1.0, abs=1e-5)
     assert np.quantile(effective, 0.1) < 0.5 < 1.2 < np.quantile(effective, 0.9)
     assert noise_auroc(effective, biased_data) >= 0.9
+
+
+def test_the_class_scale_gives_every_class_the_same_total_whatever_the_net_says_of_the_class():
+    labels = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)
+    raw = torch.tensor([0.9, 0.8, 0.9, 0.1, 0.9, 0.7, 0.3, 0.4, 0.05, 0.6])
+    weight_scale = WeightScale("class", "exact", torch.zeros(len(labels), 1), labels, np.array([6, 3, 1]))
+    effective = weight_scale.frozen(raw, labels)
+    # Class-balanced CE's totals (N / C each, mean weight 1), shared out within a class as the net ranks them.
+    totals = torch.zeros(3).index_add(0, labels, effective)
+    torch.testing.assert_close(totals, torch.full((3,), 10 / 3))
+    assert effective.mean().item() == pytest.approx(1.0)
+    assert effective[3] < effective[0] and effective[8] < effective[6]
+    # Raising (or lowering) a whole class's weights changes nothing: the meta step can only re-rank within a class.
+    raised = raw * torch.tensor([3.0, 0.2, 7.0])[labels]
+    torch.testing.assert_close(weight_scale.frozen(raised, labels), effective)
+
+
+def test_the_class_scale_estimates_each_class_mean_on_a_fixed_sample_of_every_class():
+    labels = np.repeat(np.arange(3), [1000, 50, 3])
+    ids = reference_sample(labels, size=60, seed=4, by_class=True)
+    assert np.bincount(labels[ids.numpy()]).tolist() == [20, 20, 3]
+    assert torch.equal(ids, reference_sample(labels, size=60, seed=4, by_class=True)), "every rank draws alike"
+    assert torch.equal(ids, ids.sort().values) and len(ids.unique()) == len(ids)
 
 
 def test_noise_is_scored_on_the_weight_relative_to_its_class():

@@ -38,7 +38,8 @@ def make_batch(seed: int, batch_size: int = 8, meta_batch_size: int = 6) -> dict
         "meta_images": torch.randn(meta_batch_size, 3, 8, 8, generator=generator, dtype=torch.float64),
         "meta_labels": torch.randint(0, NUM_CLASSES, (meta_batch_size,), generator=generator),
         "reference_curves": torch.randn(20, CURVE_LENGTH, generator=generator, dtype=torch.float64),
-        "reference_labels": torch.randint(0, NUM_CLASSES, (20,), generator=generator),
+        "reference_labels": torch.arange(20) % NUM_CLASSES,
+        "class_counts": torch.tensor([40, 20, 10, 5]),
     }
 
 
@@ -57,6 +58,17 @@ def make_run(weighting: str = "curvenet", nesterov: bool = False):
     return model, weighting_net, classifier_optimizer, weighting_optimizer
 
 
+def class_shares(weights, labels, weighting_net, batch) -> torch.Tensor:
+    """The class scale written out: each weight over the mean reference weight of its class, times N / (C n_c)."""
+    reference = weighting_net(batch["reference_curves"], batch["reference_labels"], None)
+    counts = batch["class_counts"].double()
+    out = []
+    for weight, label in zip(weights, labels.tolist()):
+        class_mean = reference[batch["reference_labels"] == label].mean()
+        out.append(weight / class_mean * counts.sum() / (len(counts) * counts[label]))
+    return torch.stack(out)
+
+
 def reference_step(model, weighting_net, classifier_optimizer, weighting_optimizer, skip_layers, batch,
                    scale: str = "none", virtual_rule: str = "optimizer") -> None:
     """A straightforward MW-Net iteration: a full functional forward for the virtual step with only the top
@@ -68,6 +80,8 @@ def reference_step(model, weighting_net, classifier_optimizer, weighting_optimiz
             return weights / weights.mean()
         if scale == "dataset":
             return weights / weighting_net(batch["reference_curves"], batch["reference_labels"], None).mean()
+        if scale == "class":
+            return class_shares(weights, batch["labels"], weighting_net, batch)
         return weights
 
     count = model.bottom_part_count(skip_layers)
@@ -195,14 +209,15 @@ def test_split_layers_divides_parameters_and_buffers_by_part():
 @pytest.mark.parametrize(
     "weighting,scale,virtual_rule",
     [("curvenet", "none", "optimizer"), ("curvenet", "batch", "optimizer"), ("curvenet", "dataset", "optimizer"),
-     ("mwnet", "none", "sgd"), ("mwnet", "batch", "optimizer")],
+     ("curvenet", "class", "optimizer"), ("mwnet", "none", "sgd"), ("mwnet", "batch", "optimizer")],
 )
 @pytest.mark.parametrize("skip_layers", [0, 2, 3])
 def test_fast_meta_iteration_matches_reference_mwnet_step(weighting, scale, virtual_rule, skip_layers):
     fast = make_run(weighting)
     reference = copy.deepcopy(fast)
     batch = make_batch(1)
-    weight_scale = WeightScale(scale, "exact", batch["reference_curves"], batch["reference_labels"])
+    weight_scale = WeightScale(scale, "exact", batch["reference_curves"], batch["reference_labels"],
+                               batch["class_counts"].numpy())
     iteration = MetaIteration(*fast, skip_layers=skip_layers, sync="exact", weight_scale=weight_scale,
                               virtual_rule=virtual_rule)
     # Two iterations: the second's virtual step reads the momentum buffers the first left behind.
@@ -343,6 +358,8 @@ def per_sub_batch_reference(case: worker.Case, initial_model, sub_batches: int) 
         if case.scale == "dataset":
             mean = weighting_net(batch["reference_curves"], batch["reference_labels"], None).mean()
             return [weights / mean for weights in raw]
+        if case.scale == "class":
+            return [class_shares(weights, y, weighting_net, batch) for weights, y in zip(raw, labels)]
         if case.scale == "batch":
             if case.sync == "exact":
                 return [weights / torch.cat(raw).mean() for weights in raw]

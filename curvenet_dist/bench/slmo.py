@@ -87,7 +87,7 @@ class Step:
         scale_samples = config.meta.scale_samples
         scale = WeightScale(config.weight_scale(), config.meta.sync,
                             torch.randn(scale_samples, curve_length, device=device),
-                            torch.randint(0, NUM_CLASSES, (scale_samples,), device=device))
+                            torch.randint(0, NUM_CLASSES, (scale_samples,), device=device), np.full(NUM_CLASSES, 100))
         data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
                                                  else None, forward_sync_buffers=False) if world_size > 1 else None)
         size, batch, meta_batch = config.data.image_size, config.data.batch_size, config.meta.batch_size

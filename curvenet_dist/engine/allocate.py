@@ -29,7 +29,7 @@ from curvenet_dist.meta.distributed import all_reduce_mean_
 from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, union
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.meta_set import select_meta_set
-from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
+from curvenet_dist.meta.weight_scale import FIXED_INPUT_SCALES, WeightScale, reference_sample
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
@@ -171,11 +171,14 @@ class AllocateTrainer:
 
     def _build_weight_scale(self) -> WeightScale:
         mode = self.config.weight_scale()
-        if mode != "dataset":
+        if mode not in FIXED_INPUT_SCALES:
             return WeightScale(mode, self.config.meta.sync)
-        ids = reference_sample(len(self.splits.train), self.config.meta.scale_samples, self.config.run.seed)
-        labels = torch.from_numpy(self.splits.train.labels)[ids].to(self.context.device)
-        return WeightScale(mode, self.config.meta.sync, self.curves[ids.to(self.context.device)], labels)
+        train = self.splits.train
+        ids = reference_sample(train.labels, self.config.meta.scale_samples, self.config.run.seed,
+                               by_class=mode == "class")
+        labels = torch.from_numpy(train.labels)[ids].to(self.context.device)
+        return WeightScale(mode, self.config.meta.sync, self.curves[ids.to(self.context.device)], labels,
+                           train.class_counts())
 
     def _tags(self) -> dict[str, str]:
         bias = self.config.bias
@@ -274,7 +277,7 @@ class AllocateTrainer:
             self.weighting_net.requires_grad_(False)
             if self.method == "curvenet" and self.fixed_weights is None:
                 # A frozen CurveNet's weight depends only on the curve and label: compute all of them once.
-                self.fixed_weights = self.weight_scale.frozen(self.curvenet_weights())
+                self.fixed_weights = self.weight_scale.frozen(self.curvenet_weights(), self.train_labels())
         fixed_weights = self.fixed_weights if frozen else None
         if warm:
             # The reference's warm-up: plain CE for the classifier while the corrector learns the given labels.
@@ -372,10 +375,13 @@ class AllocateTrainer:
         return accuracy_report(predictions, self.splits.test.labels, self.splits.train.class_counts()), predictions
 
     @torch.no_grad()
+    def train_labels(self) -> torch.Tensor:
+        """Every training sample's given label, indexed by sample id, on the device."""
+        return torch.from_numpy(self.splits.train.labels).to(self.context.device)
+
     def curvenet_weights(self) -> torch.Tensor:
         """CurveNet's weight for every training sample, indexed by sample id."""
-        labels = torch.from_numpy(self.splits.train.labels).to(self.context.device)
-        return weights_by_chunks(self.weighting_net, labels, self.curves)
+        return weights_by_chunks(self.weighting_net, self.train_labels(), self.curves)
 
     @torch.no_grad()
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
@@ -392,8 +398,7 @@ class AllocateTrainer:
             buckets = rank_buckets(train_losses, labels, self.config.dynamic_loss.buckets)
             return self.weighting_net.trust(torch.from_numpy(buckets).to(device),
                                             torch.from_numpy(labels).to(device)).cpu().numpy()
-        labels = torch.from_numpy(self.splits.train.labels).to(device)
-        return weights_by_chunks(self.weighting_net, labels, losses=torch.from_numpy(train_losses).to(device)).cpu().numpy()
+        return weights_by_chunks(self.weighting_net, self.train_labels(), losses=torch.from_numpy(train_losses).to(device)).cpu().numpy()
 
     def _state(self, wall_s: float) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}

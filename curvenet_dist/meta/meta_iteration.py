@@ -53,7 +53,7 @@ class WeightedCrossEntropy:
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor,
                  inputs: torch.Tensor | None, track_meta: bool) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(track_meta and torch.is_grad_enabled()):
-            weights = self.scale(self.weighting_net(inputs, labels, losses.detach()), self.weighting_net)
+            weights = self.scale(self.weighting_net(inputs, labels, losses.detach()), self.weighting_net, labels)
         return weights * losses, weights.detach()
 
 

@@ -8,33 +8,65 @@ mean weight removes that direction, so the meta step can only learn which sample
 - `dataset`: by the mean weight over the training set. CurveNet's input is fixed per sample, so this mean is a
   function of the net alone; it is estimated on a fixed, seeded sample of the training set, the same on every
   rank, and differentiated through like the weights themselves.
+- `class`: by the mean weight of the sample's given class (estimated alike, on a fixed sample of each class),
+  times N / (C n_c). Every class then carries the same total weight, as in class-balanced CE, and the net only
+  shares a class's weight out among its samples: the class rebalancing no longer competes with the noise for
+  the sigmoid's range (DESIGN.md §9).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from curvenet_dist.config import ConfigError
 from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_reduce_mean
 
-WEIGHT_SCALES = ("none", "batch", "dataset")
+WEIGHT_SCALES = ("none", "batch", "dataset", "class")
+FIXED_INPUT_SCALES = ("dataset", "class")
+
+
+def balanced_class_factors(class_counts: np.ndarray) -> torch.Tensor:
+    """N / (C n_c) per class: weights that give every class the same total and keep the mean weight 1 (0 for a
+    class with no samples, which no sample can use)."""
+    counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
+    present = counts > 0
+    factors = torch.zeros_like(counts)
+    factors[present] = counts.sum() / (present.sum() * counts[present])
+    return factors
+
+
+def class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean of `values` per class (differentiable; 0 for a class absent from `labels`)."""
+    sums = values.new_zeros(num_classes).index_add(0, labels, values)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)
+    return sums / counts
 
 
 class WeightScale:
     def __init__(self, mode: str, sync: str = "exact", reference_curves: torch.Tensor | None = None,
-                 reference_labels: torch.Tensor | None = None):
+                 reference_labels: torch.Tensor | None = None, class_counts: np.ndarray | None = None):
         if mode not in WEIGHT_SCALES:
             raise ConfigError(f"meta.weight_scale={mode!r} is not allowed; choose one of: {', '.join(WEIGHT_SCALES)}")
-        if mode == "dataset" and (reference_curves is None or reference_labels is None):
-            raise ConfigError("meta.weight_scale='dataset' needs per-sample inputs fixed for the run (CurveNet's "
+        if mode in FIXED_INPUT_SCALES and (reference_curves is None or reference_labels is None):
+            raise ConfigError(f"meta.weight_scale={mode!r} needs per-sample inputs fixed for the run (CurveNet's "
                               "curves); use 'batch' or 'none' for a weighting net over the current loss")
+        if mode == "class" and class_counts is None:
+            raise ConfigError("meta.weight_scale='class' needs the training set's class counts")
         self.mode, self.sync = mode, sync
         self.reference_curves, self.reference_labels = reference_curves, reference_labels
+        self.class_factors = (balanced_class_factors(class_counts).to(reference_curves)
+                              if mode == "class" else None)
 
-    def __call__(self, weights: torch.Tensor, weighting_net: nn.Module | None) -> torch.Tensor:
-        """`weights` divided by the chosen mean (differentiably when `weights` carries a graph)."""
+    def __call__(self, weights: torch.Tensor, weighting_net: nn.Module | None, labels: torch.Tensor) -> torch.Tensor:
+        """`weights` (of samples with given `labels`) divided by the chosen mean, differentiably when `weights`
+        carries a graph."""
         if self.mode == "none":
             return weights
+        if self.mode == "class":
+            reference = weighting_net(self.reference_curves, self.reference_labels, None)
+            means = class_means(reference, self.reference_labels, len(self.class_factors))
+            return weights / means[labels].clamp_min(1e-12) * self.class_factors[labels]
         if self.mode == "dataset":
             mean = weighting_net(self.reference_curves, self.reference_labels, None).mean()
         else:
@@ -47,16 +79,31 @@ class WeightScale:
                     all_reduce_mean_([mean])
         return weights / mean.clamp_min(1e-12)
 
-    def frozen(self, all_weights: torch.Tensor) -> torch.Tensor:
-        """A frozen net's weights for the whole training set, scaled once by their exact mean (unless `none`):
-        the rest of training is plain weighted CE."""
-        return all_weights if self.mode == "none" else all_weights / all_weights.mean().clamp_min(1e-12)
+    def frozen(self, all_weights: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A frozen net's weights for the whole training set (sample i has given label labels[i]), scaled once by
+        their exact mean, or their exact class means (unless `none`): the rest of training is plain weighted CE."""
+        if self.mode == "none":
+            return all_weights
+        if self.mode == "class":
+            means = class_means(all_weights, labels, len(self.class_factors))
+            return all_weights / means[labels].clamp_min(1e-12) * self.class_factors[labels]
+        return all_weights / all_weights.mean().clamp_min(1e-12)
 
 
-def reference_sample(num_samples: int, size: int, seed: int) -> torch.Tensor:
-    """Sorted sample ids of the fixed estimation sample for `dataset` scaling: all of them for a small training
-    set, else `size` drawn without replacement by a generator every rank seeds alike."""
-    if num_samples <= size:
-        return torch.arange(num_samples)
+def reference_sample(labels: np.ndarray, size: int, seed: int, by_class: bool = False) -> torch.Tensor:
+    """Sorted sample ids of the fixed estimation sample for `dataset` / `class` scaling, drawn without
+    replacement by a generator every rank seeds alike: `size` of all samples or, `by_class`, ceil(size / C) of
+    each class (all of a smaller set or class)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(num_samples, generator=generator)[:size].sort().values
+    labels = torch.as_tensor(labels)
+    if not by_class:
+        if len(labels) <= size:
+            return torch.arange(len(labels))
+        return torch.randperm(len(labels), generator=generator)[:size].sort().values
+    classes = labels.unique()
+    per_class = -(-size // len(classes))
+    picked = []
+    for label in classes.tolist():
+        members = (labels == label).nonzero().squeeze(1)
+        picked.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(picked).sort().values

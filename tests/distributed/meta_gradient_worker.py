@@ -28,12 +28,12 @@ REFERENCE_SAMPLES = 10
 IMAGE_SIZE = {"cifar_resnet": 8, "resnet50": 32}
 # (weighting net, weight scale, virtual rule): the dataset scale needs CurveNet's fixed inputs; MW-Net's virtual
 # step is its reference's plain SGD.
-CURVENET_NONE, CURVENET_BATCH, CURVENET_DATASET = (("curvenet", scale, "optimizer") for scale in ("none", "batch",
-                                                                                              "dataset"))
+CURVENET_NONE, CURVENET_BATCH, CURVENET_DATASET, CURVENET_CLASS = (
+    ("curvenet", scale, "optimizer") for scale in ("none", "batch", "dataset", "class"))
 MWNET_NONE, MWNET_BATCH = (("mwnet", scale, "sgd") for scale in ("none", "batch"))
 # Dynamic Loss's corrector and margin generator in the weighting net's place (no weight scale).
 DYNAMIC_LOSS = ("dynamic_loss", "none", "optimizer")
-WEIGHTINGS = (CURVENET_NONE, CURVENET_BATCH, CURVENET_DATASET, MWNET_NONE, MWNET_BATCH, DYNAMIC_LOSS)
+WEIGHTINGS = (CURVENET_NONE, CURVENET_BATCH, CURVENET_DATASET, CURVENET_CLASS, MWNET_NONE, MWNET_BATCH, DYNAMIC_LOSS)
 # A ResNet-50 case costs ~2 s per rank and as much again for the test's reference, so ResNet-50 runs every
 # skip_layers with one weighting each (each weighting once); the CIFAR ResNet runs the full product.
 RESNET50_CASES = ((0, MWNET_NONE), (1, MWNET_BATCH), (2, CURVENET_NONE), (3, CURVENET_DATASET), (4, CURVENET_BATCH))
@@ -103,9 +103,10 @@ def global_batches(backbone: str) -> dict[str, torch.Tensor]:
         # Dynamic Loss's per-sample inputs: rank bucket (of 5) and sampled prediction.
         "buckets_predicted": torch.stack([torch.randint(0, 5, (GLOBAL_BATCH,), generator=generator),
                                           torch.randint(0, NUM_CLASSES, (GLOBAL_BATCH,), generator=generator)], 1),
-        # The dataset scale's estimation sample, the same on every rank.
+        # The dataset and class scales' estimation sample, the same on every rank, and the class scale's counts.
         "reference_curves": torch.randn(REFERENCE_SAMPLES, CURVE_LENGTH, generator=generator, dtype=torch.float64),
-        "reference_labels": torch.randint(0, NUM_CLASSES, (REFERENCE_SAMPLES,), generator=generator),
+        "reference_labels": torch.arange(REFERENCE_SAMPLES) % NUM_CLASSES,
+        "class_counts": torch.tensor([30, 12, 5]),
     }
 
 
@@ -146,7 +147,8 @@ def main() -> None:
                                                                    "meta_images", "meta_labels")}
         model = copy.deepcopy(initial[case.backbone])
         weighting_net = build_weighting_net(case.weighting)
-        scale = WeightScale(case.scale, case.sync, batch["reference_curves"], batch["reference_labels"])
+        scale = WeightScale(case.scale, case.sync, batch["reference_curves"], batch["reference_labels"],
+                            batch["class_counts"].numpy())
         # The stem's gradient comes last in the backward; registered before MetaIteration's own hooks, this one sees
         # how many gradient buckets were already being reduced by then.
         in_flight_at_stem = []
