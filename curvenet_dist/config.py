@@ -244,6 +244,10 @@ class CurveNetConfig:
         _positive("curvenet.embedding_dim", self.embedding_dim)
 
 
+# Methods with fixed weights: no weighting net, no meta set.
+PLAIN_METHODS = ("ce", "balanced_ce")
+
+
 @dataclass
 class MetaConfig:
     sync: str = "exact"
@@ -359,7 +363,9 @@ class Config:
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
     method: str = "curvenet"
     """Allocate-stage weighting: `curvenet`, `mwnet` (Meta-Weight-Net), `dynamic_loss` (label corrector and margin
-    generator; needs meta.source=hierarchical or hierarchical_clean) or `ce` (every weight 1)."""
+    generator; needs meta.source=hierarchical or hierarchical_clean), `ce` (every weight 1) or `balanced_ce` (the
+    class-balanced baseline: every sample of given class c weighs N / (C n_c), so each class carries the same total
+    weight; no meta-learning)."""
     curvenet: CurveNetConfig = field(default_factory=CurveNetConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     dynamic_loss: DynamicLossConfig = field(default_factory=DynamicLossConfig)
@@ -367,7 +373,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
-        _choice("method", self.method, ("curvenet", "mwnet", "dynamic_loss", "ce"))
+        _choice("method", self.method, ("curvenet", "mwnet", "dynamic_loss") + PLAIN_METHODS)
         if self.method == "dynamic_loss":
             if self.meta.source not in HIERARCHICAL_SOURCES:
                 raise ConfigError(f"meta.source={self.meta.source!r} is not allowed for method=dynamic_loss; choose "

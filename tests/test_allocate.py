@@ -34,10 +34,11 @@ def allocate(probe_run, run_dir, nproc=1, extra=(), **kwargs):
                                            *ALLOCATE, *extra], **kwargs)
 
 
-@pytest.mark.parametrize("method", ["curvenet", "mwnet", "ce"])
-def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, method):
+@pytest.mark.parametrize("method, extra", [("curvenet", []), ("curvenet", ["meta.weight_scale=class"]),
+                                           ("mwnet", []), ("ce", []), ("balanced_ce", [])])
+def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, method, extra):
     run_dir = tmp_path / method
-    result = allocate(probe_run, run_dir, 2, [f"method={method}"])
+    result = allocate(probe_run, run_dir, 2, [f"method={method}", *extra])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["world_size"] == 2 and metrics["skip_layers"] == 2
     for key in ("test_acc", "many_acc", "medium_acc", "few_acc"):
@@ -54,6 +55,12 @@ def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, me
     assert (run_dir / "confusion_matrix.png").exists() and (run_dir / "weights_by_class.png").exists()
     if method == "ce":
         assert (weights == 1).all() and "noise_auroc" not in metrics
+    elif method == "balanced_ce":
+        # Every class carries the same total weight, N / C; the mean weight stays 1.
+        labels = CurveStore.open(probe_run / "curves.zarr", mode="r").labels
+        totals = np.bincount(labels, weights=weights)
+        np.testing.assert_allclose(totals[totals > 0], len(weights) / (totals > 0).sum(), rtol=1e-5)
+        assert len(np.unique(weights)) > 1 and "noise_auroc" not in metrics
     else:
         assert ((weights > 0) & (weights < 1.03)).all()
         assert 0 <= metrics["noise_auroc"] <= 1 and 0 <= metrics["noise_ap"] <= 1

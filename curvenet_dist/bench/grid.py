@@ -42,14 +42,15 @@ def cell(noise_type: str, imbalance: int, rate: float) -> tuple[str, dict[str, o
 CELLS = dict([cell("proportional", imbalance, rate) for imbalance in (10, 50) for rate in (0.2, 0.4)]
              + [cell("flip2", 10, 0.4)])
 QUICK_CELL = "prop-imb10-n0.4"
-METHODS = ("ce", "mwnet", "curvenet", "dynamic_loss")
+METHODS = ("ce", "balanced_ce", "mwnet", "curvenet", "dynamic_loss")
 # Meta-Weight-Net's reference code takes its virtual step over the whole network: the baseline runs that way, not
 # with CurveNet's SLMO default. Dynamic Loss draws its meta set from the training set each epoch; with the cell's
 # clean meta set added (`hierarchical_clean`) it sees the same clean data as the other methods. Applied after the
 # command line's overrides, so each method stays as configured here.
 METHOD_OVERRIDES = {"mwnet": ["slmo.skip_layers=0"], "dynamic_loss": ["meta.source=hierarchical_clean"]}
 FIGURES = ("test_acc", "few_acc", "noise_auroc")
-METHOD_NAMES = {"ce": "CE", "mwnet": "Meta-Weight-Net", "curvenet": "CurveNet", "dynamic_loss": "Dynamic Loss"}
+METHOD_NAMES = {"ce": "CE", "balanced_ce": "class-balanced CE", "mwnet": "Meta-Weight-Net", "curvenet": "CurveNet",
+                "dynamic_loss": "Dynamic Loss"}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""CE vs Meta-Weight-Net vs CurveNet on the same data, seeds and epochs.
+"""CE vs class-balanced CE vs Meta-Weight-Net vs CurveNet on the same data, seeds and epochs.
 
 For each seed: one probe run, then one allocate run per method from its curve store, each under torchrun
 (2 gloo ranks by default). Figures: per method, the mean and std over seeds of test / many / medium / few-shot
@@ -15,7 +15,7 @@ from pathlib import Path
 from curvenet_dist.engine.launch import torchrun_stage
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = ("ce", "mwnet", "curvenet")
+METHODS = ("ce", "balanced_ce", "mwnet", "curvenet")
 FIGURES = ("test_acc", "many_acc", "medium_acc", "few_acc", "noise_auroc", "noise_ap")
 
 

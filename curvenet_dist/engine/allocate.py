@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from curvenet_dist.config import Config, ConfigError
+from curvenet_dist.config import PLAIN_METHODS, Config, ConfigError
 from curvenet_dist.curves.features import curve_features
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from curvenet_dist.data.datasets import build_splits
@@ -29,7 +29,7 @@ from curvenet_dist.meta.distributed import all_reduce_mean_
 from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, union
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.meta_set import select_meta_set
-from curvenet_dist.meta.weight_scale import FIXED_INPUT_SCALES, WeightScale, reference_sample
+from curvenet_dist.meta.weight_scale import FIXED_INPUT_SCALES, WeightScale, balanced_class_factors, reference_sample
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
@@ -83,14 +83,14 @@ class AllocateTrainer:
                 f"{train.fingerprint()}); use the same data and bias settings as the probe run"
             )
         device = context.device
-        # Plain CE has no weighting net to meta-learn, so it needs no meta set; Dynamic Loss draws its own each
+        # Plain and class-balanced CE have no weighting net to meta-learn, so they need no meta set; Dynamic Loss draws its own each
         # epoch, to which `hierarchical_clean` adds this fixed clean set.
         self.meta_table = None
         if self.method == "dynamic_loss":
             if config.meta.source == "hierarchical_clean":
                 clean = dataclasses.replace(config.meta, source="carved" if len(self.splits.carved_meta) else "split")
                 self.meta_table = select_meta_set(clean, self.splits, store)
-        elif self.method != "ce":
+        elif self.method not in PLAIN_METHODS:
             self.meta_table = select_meta_set(config.meta, self.splits, store)
         if self.meta_table is not None:
             check_images_exist(self.meta_table, "meta", context)
@@ -112,7 +112,7 @@ class AllocateTrainer:
         # A clear error, before any training, if skip_layers exceeds the backbone's depth.
         self.model.bottom_part_count(self.skip_layers,
                                      "dynamic_loss.skip_layers" if dynamic_loss else "slmo.skip_layers")
-        self.weighting_net = self._build_weighting_net().to(device) if self.method != "ce" else None
+        self.weighting_net = self._build_weighting_net().to(device) if self.method not in PLAIN_METHODS else None
         broadcast_model(self.model)
         if self.weighting_net is not None:
             broadcast_model(self.weighting_net)
@@ -123,7 +123,10 @@ class AllocateTrainer:
                                                      weight_decay=meta_optim.weight_decay)
                                     if self.weighting_net is not None else None)
         self.weight_scale = self._build_weight_scale()
+        # CurveNet's weights once it is frozen; class-balanced CE's throughout.
         self.fixed_weights: torch.Tensor | None = None
+        if self.method == "balanced_ce":
+            self.fixed_weights = balanced_class_factors(train.class_counts()).float().to(device)[self.train_labels()]
         # Each method's virtual step is its reference code's: CurveNet's follows the classifier's optimizer,
         # Meta-Weight-Net's is a plain SGD step.
         data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -186,7 +189,7 @@ class AllocateTrainer:
                 "imbalance_factor": str(bias.imbalance_factor), "world_size": str(self.context.world_size),
                 "method": self.method, "skip_layers": str(self.skip_layers), "meta_sync": self.config.meta.sync,
                 "model": self.config.model.name}
-        if self.method != "ce":
+        if self.method not in PLAIN_METHODS:
             tags["meta_source"] = self.config.meta.source
         if self.probe_dir is None:
             return tags
@@ -278,7 +281,7 @@ class AllocateTrainer:
             if self.method == "curvenet" and self.fixed_weights is None:
                 # A frozen CurveNet's weight depends only on the curve and label: compute all of them once.
                 self.fixed_weights = self.weight_scale.frozen(self.curvenet_weights(), self.train_labels())
-        fixed_weights = self.fixed_weights if frozen else None
+        fixed_weights = self.fixed_weights if frozen or self.method == "balanced_ce" else None
         if warm:
             # The reference's warm-up: plain CE for the classifier while the corrector learns the given labels.
             fixed_weights = torch.ones(len(self.splits.train), device=device)
@@ -387,9 +390,12 @@ class AllocateTrainer:
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
         """Every training sample's final weight. CurveNet's depends only on the curve and label; Meta-Weight-Net's
         on the sample's loss under the final classifier (`train_losses`, taken without augmentation); Dynamic
-        Loss's is the trust weight w of the sample's rank bucket under those losses; plain CE's is 1."""
+        Loss's is the trust weight w of the sample's rank bucket under those losses; plain CE's is 1 and
+        class-balanced CE's its class's N / (C n_c)."""
         if self.method == "ce":
             return np.ones(len(train_losses), np.float32)
+        if self.method == "balanced_ce":
+            return self.fixed_weights.cpu().numpy()
         if self.method == "curvenet":
             return self.curvenet_weights().cpu().numpy()
         device = self.context.device

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from curvenet_dist.config import PLAIN_METHODS
 from curvenet_dist.data.datasets import Splits
 from curvenet_dist.data.sample_table import DataError
 from curvenet_dist.tracking.mlflow_tracker import log_to_active_run
@@ -141,7 +142,7 @@ def write_allocate_report(run_dir: Path, splits: Splits, weights: np.ndarray, tr
     mislabeled = train.labels[known] != train.true_labels[known]
     plot_weights_by_class(weights[known], train.labels[known], mislabeled, splits.class_names,
                           run_dir / "weights_by_class.png")
-    if method == "ce":
+    if method in PLAIN_METHODS:  # one weight per class at most: nothing to rank within a class
         return {}
     scores = noise_detection_scores(class_relative(weights, train.labels)[known], mislabeled)
     if scores:
