@@ -393,7 +393,10 @@ class Config:
                 section.validate()
 
     def weight_scale(self) -> str:
-        """meta.weight_scale with `auto` resolved for this method."""
+        """meta.weight_scale with `auto` resolved for this method (`none` for the fixed-weight methods, which have
+        no weighting net to scale)."""
+        if self.method in PLAIN_METHODS:
+            return "none"
         if self.meta.weight_scale != "auto":
             return self.meta.weight_scale
         return "dataset" if self.method == "curvenet" else "none"

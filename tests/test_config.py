@@ -46,3 +46,9 @@ def test_saved_config_round_trips(tmp_path):
 def test_a_scale_over_fixed_inputs_is_refused_for_meta_weight_net(scale):
     with pytest.raises(ConfigError, match=f"meta.weight_scale='{scale}' needs inputs fixed per sample"):
         load_config(QUICKSTART, ["method=mwnet", f"meta.weight_scale={scale}"])
+
+
+def test_a_weight_scale_given_to_every_method_leaves_the_fixed_weight_methods_alone():
+    # The benchmarks pass one set of overrides to every method: CE has no weighting net for the scale to act on.
+    for method in ("ce", "balanced_ce"):
+        assert load_config(QUICKSTART, [f"method={method}", "meta.weight_scale=class"]).weight_scale() == "none"
