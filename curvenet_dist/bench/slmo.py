@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
@@ -230,8 +231,13 @@ def main(argv: list[str]) -> dict:
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="slmo-") as folder:
         out = Path(folder) / "figures.json"
+        # The ranks get the options re-spelled, without --nproc: torchrun's parser would take a script's `--nproc`
+        # as an abbreviation of its own --nproc-per-node and refuse it as ambiguous.
+        rank_options = ["--config", str(args.config), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
+                        "--device", args.device, "--resnet50-image-size", str(args.resnet50_image_size),
+                        "--resnet50-batch-size", str(args.resnet50_batch_size)]
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-                   "-m", "curvenet_dist.bench.slmo", str(out), *argv]
+                   "-m", "curvenet_dist.bench.slmo", str(out), *rank_options]
         subprocess.run(command, check=True)
         figures = json.loads(out.read_text())
     model = load_config(str(args.config), []).model.name
