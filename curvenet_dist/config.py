@@ -275,7 +275,7 @@ class MetaConfig:
     mean weight of the sample's given class, estimated alike, times N / (C n_c): every class gets the same total
     weight and CurveNet shares it out within the class; CurveNet only), `batch` (the
     batch mean over all ranks, Meta-Weight-Net's original normalisation), `none` (DESIGN.md §5's plain mean) or
-    `auto`: `dataset` for CurveNet, `none` for Meta-Weight-Net (its reference code). Without a scale the meta
+    `auto`: `class` for CurveNet, `none` for Meta-Weight-Net (its reference code). Without a scale the meta
     step can lower the meta loss by raising every weight (see docs/DESIGN.md)."""
     scale_samples: int = 1024
     """For weight_scale `dataset`: how many training samples estimate the mean weight (all, if fewer); for
@@ -385,8 +385,8 @@ class Config:
             raise ConfigError(f"meta.source={self.meta.source!r} is Dynamic Loss's; method={self.method!r} takes "
                               f"carved, split or lowest_loss")
         if self.meta.weight_scale in ("dataset", "class") and self.method == "mwnet":
-            raise ConfigError(f"meta.weight_scale={self.meta.weight_scale!r} needs inputs fixed per sample (CurveNet's curves); "
-                              "Meta-Weight-Net's input is the current loss: use auto, batch or none")
+            raise ConfigError(f"meta.weight_scale={self.meta.weight_scale!r} needs inputs fixed per sample (CurveNet's "
+                              "curves); Meta-Weight-Net's input is the current loss: use auto, batch or none")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
@@ -399,7 +399,7 @@ class Config:
             return "none"
         if self.meta.weight_scale != "auto":
             return self.meta.weight_scale
-        return "dataset" if self.method == "curvenet" else "none"
+        return "class" if self.method == "curvenet" else "none"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
