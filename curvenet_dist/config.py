@@ -299,9 +299,10 @@ class DynamicLossConfig:
     """Width of the bucket and class embeddings and of the corrector's and generator's hidden layers."""
     warmup_epochs: int = 5
     """Plain CE epochs first, in which the corrector learns to reproduce the given labels."""
-    warmup_corrector_steps: int = 2000
-    """The corrector learns the given labels for at most this many of the warm-up's iterations (the reference's
-    cap); 0 leaves it at its initial trust of 0.98."""
+    warmup_corrector_steps: int = 0
+    """The corrector learns the given labels for at most this many of the warm-up's iterations (the reference: 2000);
+    0 leaves it at its initial trust of 0.98, from where the meta step can still move it (that objective saturates
+    the trust at 1; docs/DESIGN.md §9)."""
     lr: float = 3e-3
     """Adam LR of the corrector and generator (meta.lr is CurveNet's and MW-Net's)."""
     weight_decay: float = 0.0

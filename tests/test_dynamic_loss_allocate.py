@@ -65,11 +65,13 @@ def test_dynamic_loss_runs_without_a_probe_and_writes_its_outputs(tmp_path, npro
 
 def test_killed_dynamic_loss_run_resumes_and_finishes(tmp_path):
     run_dir = tmp_path / "run"
-    checkpoint = kill_allocate_after_epoch(["--config", str(QUICKSTART), f"run.dir={run_dir}", *DYNAMIC,
-                                            "allocate.epochs=4", "allocate.milestones=[4]"], run_dir)
+    # With the reference's warm-up corrector updates, so that the Adam state exists from the first epoch on.
+    longer = ["allocate.epochs=4", "allocate.milestones=[4]", "dynamic_loss.warmup_corrector_steps=2000"]
+    checkpoint = kill_allocate_after_epoch(["--config", str(QUICKSTART), f"run.dir={run_dir}", *DYNAMIC, *longer],
+                                           run_dir)
     assert {"weighting_net", "weighting_optimizer", "eval_losses", "predicted"} <= checkpoint.keys()
     assert checkpoint["weighting_optimizer"]["state"], "the corrector's Adam state is checkpointed"
-    result = allocate(run_dir, 2, ["allocate.epochs=4", "allocate.milestones=[4]"])
+    result = allocate(run_dir, 2, longer)
     resumed = re.search(r"resuming at epoch (\d+)", result.stdout)
     assert resumed and int(resumed.group(1)) >= 3, result.stdout
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 4
