@@ -83,8 +83,8 @@ class AllocateTrainer:
                 f"{train.fingerprint()}); use the same data and bias settings as the probe run"
             )
         device = context.device
-        # Plain and class-balanced CE have no weighting net to meta-learn, so they need no meta set; Dynamic Loss draws its own each
-        # epoch, to which `hierarchical_clean` adds this fixed clean set.
+        # Plain and class-balanced CE have no weighting net to meta-learn, so they need no meta set; Dynamic Loss
+        # draws its own each epoch, to which `hierarchical_clean` adds this fixed clean set.
         self.meta_table = None
         if self.method == "dynamic_loss":
             if config.meta.source == "hierarchical_clean":
@@ -283,7 +283,8 @@ class AllocateTrainer:
                 self.fixed_weights = self.weight_scale.frozen(self.curvenet_weights(), self.train_labels())
         fixed_weights = self.fixed_weights if frozen or self.method == "balanced_ce" else None
         if warm:
-            # The reference's warm-up: plain CE for the classifier while the corrector learns the given labels.
+            # The reference's warm-up: plain CE for the classifier (while the corrector learns the given labels, for
+            # dynamic_loss.warmup_corrector_steps iterations).
             fixed_weights = torch.ones(len(self.splits.train), device=device)
         train_loader.set_epoch(epoch, start_batch)
         self.progress.start_epoch(epoch, len(train_loader) + start_batch)
@@ -377,11 +378,11 @@ class AllocateTrainer:
                                  self.autocast)
         return accuracy_report(predictions, self.splits.test.labels, self.splits.train.class_counts()), predictions
 
-    @torch.no_grad()
     def train_labels(self) -> torch.Tensor:
         """Every training sample's given label, indexed by sample id, on the device."""
         return torch.from_numpy(self.splits.train.labels).to(self.context.device)
 
+    @torch.no_grad()
     def curvenet_weights(self) -> torch.Tensor:
         """CurveNet's weight for every training sample, indexed by sample id."""
         return weights_by_chunks(self.weighting_net, self.train_labels(), self.curves)
@@ -404,7 +405,8 @@ class AllocateTrainer:
             buckets = rank_buckets(train_losses, labels, self.config.dynamic_loss.buckets)
             return self.weighting_net.trust(torch.from_numpy(buckets).to(device),
                                             torch.from_numpy(labels).to(device)).cpu().numpy()
-        return weights_by_chunks(self.weighting_net, self.train_labels(), losses=torch.from_numpy(train_losses).to(device)).cpu().numpy()
+        losses = torch.from_numpy(train_losses).to(device)
+        return weights_by_chunks(self.weighting_net, self.train_labels(), losses=losses).cpu().numpy()
 
     def _state(self, wall_s: float) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}
