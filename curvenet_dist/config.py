@@ -246,6 +246,8 @@ class CurveNetConfig:
 
 # Methods with fixed weights: no weighting net, no meta set.
 PLAIN_METHODS = ("ce", "balanced_ce")
+# Weight scales that evaluate the weighting net on a fixed reference sample: CurveNet only, its inputs being fixed.
+FIXED_INPUT_SCALES = ("dataset", "class")
 
 
 @dataclass
@@ -284,7 +286,7 @@ class MetaConfig:
     def validate(self) -> None:
         _choice("meta.sync", self.sync, ("exact", "local"))
         _choice("meta.source", self.source, ("carved", "split", "lowest_loss", "hierarchical", "hierarchical_clean"))
-        _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch", "dataset", "class"))
+        _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch") + FIXED_INPUT_SCALES)
         for key in ("lr", "interval", "batch_size", "per_class", "scale_samples"):
             _positive(f"meta.{key}", getattr(self, key))
 
@@ -385,7 +387,7 @@ class Config:
         elif self.meta.source in HIERARCHICAL_SOURCES:
             raise ConfigError(f"meta.source={self.meta.source!r} is Dynamic Loss's; method={self.method!r} takes "
                               f"carved, split or lowest_loss")
-        if self.meta.weight_scale in ("dataset", "class") and self.method == "mwnet":
+        if self.meta.weight_scale in FIXED_INPUT_SCALES and self.method == "mwnet":
             raise ConfigError(f"meta.weight_scale={self.meta.weight_scale!r} needs inputs fixed per sample (CurveNet's "
                               "curves); Meta-Weight-Net's input is the current loss: use auto, batch or none")
         for f in dataclasses.fields(self):

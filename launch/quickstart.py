@@ -17,7 +17,8 @@ METHODS = ("ce", "balanced_ce", "curvenet")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, default=2, help="processes per stage (gloo on CPU, NCCL on GPU)")
-    parser.add_argument("--run-dir", default="runs/quickstart", help="folder for the probe's and each method's run folder")
+    parser.add_argument("--run-dir", default="runs/quickstart",
+                        help="folder for the probe's and each method's run folder")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every stage")
     arguments = parser.parse_args()

@@ -223,7 +223,8 @@ def test_fast_meta_iteration_matches_reference_mwnet_step(weighting, scale, virt
     # Two iterations: the second's virtual step reads the momentum buffers the first left behind.
     for seed in (1, 2):
         batch = make_batch(seed)
-        batch["reference_curves"], batch["reference_labels"] = weight_scale.reference_curves, weight_scale.reference_labels
+        batch["reference_curves"] = weight_scale.reference_curves
+        batch["reference_labels"] = weight_scale.reference_labels
         result = step_with(iteration, batch)
         reference_step(*reference, skip_layers, batch, scale, virtual_rule)
         if scale == "batch":

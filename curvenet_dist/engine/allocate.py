@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from curvenet_dist.config import PLAIN_METHODS, Config, ConfigError
+from curvenet_dist.config import FIXED_INPUT_SCALES, PLAIN_METHODS, Config, ConfigError
 from curvenet_dist.curves.features import curve_features
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from curvenet_dist.data.datasets import build_splits
@@ -29,7 +29,7 @@ from curvenet_dist.meta.distributed import all_reduce_mean_
 from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, union
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.meta_set import select_meta_set
-from curvenet_dist.meta.weight_scale import FIXED_INPUT_SCALES, WeightScale, balanced_class_factors, reference_sample
+from curvenet_dist.meta.weight_scale import WeightScale, balanced_class_factors, reference_sample
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
@@ -281,7 +281,8 @@ class AllocateTrainer:
             if self.method == "curvenet" and self.fixed_weights is None:
                 # A frozen CurveNet's weight depends only on the curve and label: compute all of them once.
                 self.fixed_weights = self.weight_scale.frozen(self.curvenet_weights(), self.train_labels())
-        fixed_weights = self.fixed_weights if frozen or self.method == "balanced_ce" else None
+        # A method without a weighting net trains on its fixed weights throughout (plain CE's are None: all 1).
+        fixed_weights = self.fixed_weights if frozen or self.weighting_net is None else None
         if warm:
             # The reference's warm-up: plain CE for the classifier (while the corrector learns the given labels, for
             # dynamic_loss.warmup_corrector_steps iterations).

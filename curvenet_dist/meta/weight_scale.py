@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from curvenet_dist.config import ConfigError
+from curvenet_dist.config import FIXED_INPUT_SCALES, ConfigError
 from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_reduce_mean
 
-WEIGHT_SCALES = ("none", "batch", "dataset", "class")
-FIXED_INPUT_SCALES = ("dataset", "class")
+WEIGHT_SCALES = ("none", "batch") + FIXED_INPUT_SCALES
 
 
 def balanced_class_factors(class_counts: np.ndarray) -> torch.Tensor:
@@ -65,8 +64,8 @@ class WeightScale:
             return weights
         if self.mode == "class":
             reference = weighting_net(self.reference_curves, self.reference_labels, None)
-            means = class_means(reference, self.reference_labels, len(self.class_factors))
-            return weights / means[labels].clamp_min(1e-12) * self.class_factors[labels]
+            return self._class_shares(weights, labels, class_means(reference, self.reference_labels,
+                                                                    len(self.class_factors)))
         if self.mode == "dataset":
             mean = weighting_net(self.reference_curves, self.reference_labels, None).mean()
         else:
@@ -85,9 +84,12 @@ class WeightScale:
         if self.mode == "none":
             return all_weights
         if self.mode == "class":
-            means = class_means(all_weights, labels, len(self.class_factors))
-            return all_weights / means[labels].clamp_min(1e-12) * self.class_factors[labels]
+            return self._class_shares(all_weights, labels, class_means(all_weights, labels, len(self.class_factors)))
         return all_weights / all_weights.mean().clamp_min(1e-12)
+
+    def _class_shares(self, weights: torch.Tensor, labels: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+        """Each weight over its class's mean weight `means[label]`, times the class's balanced factor."""
+        return weights / means[labels].clamp_min(1e-12) * self.class_factors[labels]
 
 
 def reference_sample(labels: np.ndarray, size: int, seed: int, by_class: bool = False) -> torch.Tensor:
