@@ -88,4 +88,9 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     assert run.info.status == "FINISHED"
     # Each epoch's mean weight of the audited clean and mislabeled samples, for following the separation over epochs.
     assert {"weight_clean", "weight_mislabeled"} <= run.data.metrics.keys()
+    # ...and the AUROC of each epoch's weights; frozen after the milestone, the last epoch's is the final one.
+    history = MlflowClient(mlflow_server).get_metric_history(run.info.run_id, "noise_auroc")
+    by_step = {entry.step: entry.value for entry in history}
+    assert sorted(by_step) == [0, 1, 2, 3]
+    assert by_step[2] == by_step[3] == pytest.approx(metrics["noise_auroc"])
     assert "suspects.png" in {item.path for item in MlflowClient(mlflow_server).list_artifacts(run.info.run_id)}

@@ -33,7 +33,7 @@ from curvenet_dist.meta.weight_scale import WeightScale, balanced_class_factors,
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
-from curvenet_dist.tracking.report import write_allocate_report
+from curvenet_dist.tracking.report import class_relative, noise_detection_scores, write_allocate_report
 
 
 class MetaBatches:
@@ -232,6 +232,7 @@ class AllocateTrainer:
                        "medium_acc": report["medium_acc"], "few_acc": report["few_acc"],
                        "samples_per_s": len(self.splits.train) / epoch_s, "epoch_s": epoch_s}
             if context.is_main:
+                metrics.update(self._curvenet_auroc())
                 self.checkpointer.save(self._state(wall_before + time.monotonic() - run_start), epoch + 1)
             tracker.log_metrics(metrics, step=epoch)
             self.progress.end_epoch(epoch, len(self.splits.train),
@@ -335,6 +336,18 @@ class AllocateTrainer:
             clean, mislabeled, _ = (group_weight_sums / group_counts.clamp_min(1)).tolist()
             metrics.update(weight_clean=clean, weight_mislabeled=mislabeled)
         return metrics
+
+    def _curvenet_auroc(self) -> dict[str, float]:
+        """The noise AUROC of CurveNet's current class-relative weights over the samples whose true label is known,
+        logged every epoch: how the separation grows (or decays) while CurveNet is meta-learned. Empty for the
+        other methods and where no true label is known."""
+        train = self.splits.train
+        known = train.true_labels >= 0
+        if self.method != "curvenet" or not known.any():
+            return {}
+        weights = class_relative(self.curvenet_weights().cpu().numpy(), train.labels)
+        scores = noise_detection_scores(weights[known], train.labels[known] != train.true_labels[known])
+        return {"noise_auroc": scores["noise_auroc"]} if scores else {}
 
     def _start_dynamic_epoch(self, epoch: int, start_batch: int, train_on_all: bool):
         """Dynamic Loss's epoch inputs from one evaluation pass over the training set: every sample's eval loss,
