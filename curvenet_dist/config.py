@@ -228,8 +228,9 @@ class AllocateConfig:
 class CurveNetConfig:
     skip_epochs: int = 5
     """S: the first S probe epochs are dropped from each curve."""
-    normalize_std: bool = False
-    """Also divide the class-centred curve by the per-class, per-epoch std."""
+    normalize_std: bool = True
+    """Also divide the class-centred curve by the per-class, per-epoch std (the paper's text; the reference code only
+    centres): every epoch and class on one scale. False: centring only."""
     embedding_dim: int = 64
     """P: width of the curve feature and of the label embedding."""
     curve_hidden: list[int] = field(default_factory=lambda: [128, 128])

@@ -68,17 +68,18 @@ def _read_table(folder: Path):
 
 def part_features(folder: Path) -> dict:
     """The rank that builds the curve features and saves them beside the store, then a rank that finds them saved."""
+    from curvenet_dist.config import CurveNetConfig
     from curvenet_dist.curves.features import curve_features
     from curvenet_dist.curves.store import CurveStore
 
     store = CurveStore.open(folder / "curves.zarr", mode="r")
     before = _peak_rss_mb()
     start = time.perf_counter()
-    features = curve_features(store, SKIP_EPOCHS, normalize_std=False)
+    features = curve_features(store, SKIP_EPOCHS, normalize_std=CurveNetConfig.normalize_std)
     seconds = time.perf_counter() - start
     peak_mb = _peak_rss_mb() - before
     start = time.perf_counter()
-    saved = curve_features(store, SKIP_EPOCHS, normalize_std=False)
+    saved = curve_features(store, SKIP_EPOCHS, normalize_std=CurveNetConfig.normalize_std)
     saved_s = time.perf_counter() - start
     assert saved.shape == features.shape
     store.forget_features()
@@ -192,6 +193,7 @@ def worker_startup(folder: Path) -> dict:
     import torch
 
     import curvenet_dist.data.dali_loader  # noqa: F401
+    from curvenet_dist.config import CurveNetConfig
     from curvenet_dist.curves.features import curve_features, lowest_loss_rows
     from curvenet_dist.curves.store import CurveStore
     from curvenet_dist.engine.distributed import barrier, setup_distributed
@@ -204,7 +206,7 @@ def worker_startup(folder: Path) -> dict:
     store = CurveStore.open(folder / "curves.zarr", mode="r")
     assert store.dataset_fingerprint == table.fingerprint()
     meta = table.select(lowest_loss_rows(store, META_PER_CLASS))
-    features = curve_features(store, SKIP_EPOCHS, normalize_std=False)
+    features = curve_features(store, SKIP_EPOCHS, normalize_std=CurveNetConfig.normalize_std)
     curves = torch.from_numpy(features)
     loader = _dali_loader(table, context.rank, context.world_size)
     files = loader.epoch_files()
