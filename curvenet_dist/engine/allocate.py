@@ -33,7 +33,7 @@ from curvenet_dist.meta.weight_scale import WeightScale, balanced_class_factors,
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
-from curvenet_dist.tracking.report import class_relative, noise_detection_scores, write_allocate_report
+from curvenet_dist.tracking.report import audited_noise_scores, write_allocate_report
 
 
 class MetaBatches:
@@ -341,12 +341,9 @@ class AllocateTrainer:
         """The noise AUROC of CurveNet's current class-relative weights over the samples whose true label is known,
         logged every epoch: how the separation grows (or decays) while CurveNet is meta-learned. Empty for the
         other methods and where no true label is known."""
-        train = self.splits.train
-        known = train.true_labels >= 0
-        if self.method != "curvenet" or not known.any():
+        if self.method != "curvenet" or self.audit_group is None:
             return {}
-        weights = class_relative(self.curvenet_weights().cpu().numpy(), train.labels)
-        scores = noise_detection_scores(weights[known], train.labels[known] != train.true_labels[known])
+        scores = audited_noise_scores(self.curvenet_weights().cpu().numpy(), self.splits.train)
         return {"noise_auroc": scores["noise_auroc"]} if scores else {}
 
     def _start_dynamic_epoch(self, epoch: int, start_batch: int, train_on_all: bool):

@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from curvenet_dist.config import PLAIN_METHODS
 from curvenet_dist.data.datasets import Splits
-from curvenet_dist.data.sample_table import DataError
+from curvenet_dist.data.sample_table import DataError, SampleTable
 from curvenet_dist.tracking.mlflow_tracker import log_to_active_run
 from curvenet_dist.tracking.plots import plot_confusion_matrix, plot_suspects, plot_weights_by_class
 
@@ -44,6 +44,16 @@ def class_relative(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
     counts = np.bincount(labels)
     means = np.divide(sums, counts, out=np.ones_like(sums), where=counts > 0)
     return weights / np.maximum(means[labels], 1e-12)
+
+
+def audited_noise_scores(weights: np.ndarray, train: SampleTable) -> dict[str, float]:
+    """`noise_detection_scores` of the class-relative weight over the training samples whose true label is known
+    (all of them under synthetic noise, the audited ones of a prepared dataset); empty where none is."""
+    known = train.true_labels >= 0
+    if not known.any():
+        return {}
+    return noise_detection_scores(class_relative(weights, train.labels)[known],
+                                  train.labels[known] != train.true_labels[known])
 
 
 @dataclass
@@ -144,7 +154,7 @@ def write_allocate_report(run_dir: Path, splits: Splits, weights: np.ndarray, tr
                           run_dir / "weights_by_class.png")
     if method in PLAIN_METHODS:  # one weight per class at most: nothing to rank within a class
         return {}
-    scores = noise_detection_scores(class_relative(weights, train.labels)[known], mislabeled)
+    scores = audited_noise_scores(weights, train)
     if scores:
         scores["noise_auroc_raw"] = noise_detection_scores(weights[known], mislabeled)["noise_auroc"]
         scores["noise_scored_samples"] = int(known.sum())
