@@ -82,6 +82,8 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     assert metrics["noise_auroc"] == pytest.approx(roc_auc_score(given[audited] != true[audited], -relative[audited]))
     assert metrics["noise_auroc_raw"] == pytest.approx(roc_auc_score(given[audited] != true[audited], -weights[audited]))
     assert f"noise detection scored on the {audited.sum()} of {len(rows)} training samples" in result.stdout
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("[allocate curvenet] epoch ")]
+    assert len(epoch_lines) == 3 and all(" noise_auroc 0." in line or " noise_auroc 1" in line for line in epoch_lines)
     for figure in ("weights_by_class.png", "suspects.png"):
         assert (curvenet_dir / figure).is_file()
     run = MlflowClient(mlflow_server).get_run((curvenet_dir / "mlflow_run_id").read_text().strip())

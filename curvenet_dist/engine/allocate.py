@@ -236,7 +236,8 @@ class AllocateTrainer:
                 self.checkpointer.save(self._state(wall_before + time.monotonic() - run_start), epoch + 1)
             tracker.log_metrics(metrics, step=epoch)
             self.progress.end_epoch(epoch, len(self.splits.train),
-                                    {k: metrics[k] for k in ("train_loss", "mean_weight", "lr", "test_acc")})
+                                    {k: metrics[k] for k in ("train_loss", "mean_weight", "lr", "test_acc", "noise_auroc")
+                                     if k in metrics})
         if not report:
             report, test_predictions = self._evaluate()
         # One pass over the training set (no augmentation) gives the suspects' predictions and MW-Net's losses;
