@@ -125,6 +125,8 @@ class AllocateTrainer:
         self.weight_scale = self._build_weight_scale()
         # CurveNet's weights once it is frozen; class-balanced CE's throughout.
         self.fixed_weights: torch.Tensor | None = None
+        # The frozen CurveNet's noise AUROC: its weights no longer change, so it is scored once, not every epoch.
+        self.frozen_auroc: dict[str, float] | None = None
         if self.method == "balanced_ce":
             self.fixed_weights = balanced_class_factors(train.class_counts()).float().to(device)[self.train_labels()]
         # Each method's virtual step is its reference code's: CurveNet's follows the classifier's optimizer,
@@ -232,7 +234,7 @@ class AllocateTrainer:
                        "medium_acc": report["medium_acc"], "few_acc": report["few_acc"],
                        "samples_per_s": len(self.splits.train) / epoch_s, "epoch_s": epoch_s}
             if context.is_main:
-                metrics.update(self._curvenet_auroc())
+                metrics.update(self._curvenet_auroc(epoch))
                 self.checkpointer.save(self._state(wall_before + time.monotonic() - run_start), epoch + 1)
             tracker.log_metrics(metrics, step=epoch)
             self.progress.end_epoch(epoch, len(self.splits.train),
@@ -338,14 +340,19 @@ class AllocateTrainer:
             metrics.update(weight_clean=clean, weight_mislabeled=mislabeled)
         return metrics
 
-    def _curvenet_auroc(self) -> dict[str, float]:
+    def _curvenet_auroc(self, epoch: int) -> dict[str, float]:
         """The noise AUROC of CurveNet's current class-relative weights over the samples whose true label is known,
         logged every epoch: how the separation grows (or decays) while CurveNet is meta-learned. Empty for the
         other methods and where no true label is known."""
         if self.method != "curvenet" or self.audit_group is None:
             return {}
+        if self.frozen_auroc is not None:
+            return self.frozen_auroc
         scores = audited_noise_scores(self.curvenet_weights().cpu().numpy(), self.splits.train)
-        return {"noise_auroc": scores["noise_auroc"]} if scores else {}
+        auroc = {"noise_auroc": scores["noise_auroc"]} if scores else {}
+        if self.weighting_frozen(epoch):
+            self.frozen_auroc = auroc
+        return auroc
 
     def _start_dynamic_epoch(self, epoch: int, start_batch: int, train_on_all: bool):
         """Dynamic Loss's epoch inputs from one evaluation pass over the training set: every sample's eval loss,
