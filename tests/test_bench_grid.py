@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import zarr
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from curvenet_dist.bench.__main__ import main as bench
+from curvenet_dist.bench.grid import parse_arguments, plan_runs
 
 TINY_GRID = ["--cells", "prop-imb10-n0.4", "--seeds", "0", "--methods", "ce", "curvenet", "--nproc", "1",
              "data.source=digits", "data.train_per_class=0", "data.image_size=8", "data.batch_size=64",
@@ -60,3 +62,16 @@ def test_grid_end_to_end_resumes_and_scores_the_detector(tmp_path, capsys, monke
     assert again.count(": skipped,") == 3 and ": running" not in again
     assert [path.stat().st_mtime_ns for path in metrics] == stamps
     assert json.loads(again.strip().splitlines()[-1]) == figures
+
+
+def test_any_cell_is_named_by_its_bias_and_a_bad_name_stops_with_one_line(tmp_path, capsys):
+    arguments = parse_arguments(["--cells", "uniform-imb50-n0.3", "--seeds", "0"])
+    [run, *_] = plan_runs(arguments, tmp_path)
+    assert {"bias.noise_type=uniform", "bias.imbalance_factor=50", "bias.noise_rate=0.3"} <= set(run.arguments)
+    for name, message in (("prop-imb10", "is not <prop|uniform|flip|flip2>-imb<factor>-n<rate>"),
+                          ("gauss-imb10-n0.4", "is not <prop|uniform|flip|flip2>-imb<factor>-n<rate>"),
+                          ("prop-imb10-n1.5", "bias.noise_rate=1.5 must be in [0, 1)")):
+        with pytest.raises(SystemExit) as stop:
+            parse_arguments(["--cells", name])
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]

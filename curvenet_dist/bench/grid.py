@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -34,13 +35,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cell(noise_type: str, imbalance: int, rate: float) -> tuple[str, dict[str, object]]:
-    name = f"{'prop' if noise_type == 'proportional' else noise_type}-imb{imbalance}-n{rate}"
-    return name, {"bias.noise_type": noise_type, "bias.imbalance_factor": imbalance, "bias.noise_rate": rate}
+NOISE_PREFIXES = {"prop": "proportional", "uniform": "uniform", "flip": "flip", "flip2": "flip2"}
+CELL_PATTERN = re.compile(r"(?P<noise>[a-z0-9]+)-imb(?P<imbalance>[0-9]+)-n(?P<rate>[0-9]+(\.[0-9]+)?)")
 
 
-CELLS = dict([cell("proportional", imbalance, rate) for imbalance in (10, 50) for rate in (0.2, 0.4)]
-             + [cell("flip2", 10, 0.4)])
+def cell(name: str) -> dict[str, object]:
+    """A cell's bias settings from its name, `<prop|uniform|flip|flip2>-imb<factor>-n<rate>`."""
+    match = CELL_PATTERN.fullmatch(name)
+    if match is None or match["noise"] not in NOISE_PREFIXES:
+        raise argparse.ArgumentTypeError(f"cell {name!r} is not <{'|'.join(NOISE_PREFIXES)}>-imb<factor>-n<rate>, "
+                                         "e.g. prop-imb10-n0.4")
+    return {"bias.noise_type": NOISE_PREFIXES[match["noise"]], "bias.imbalance_factor": int(match["imbalance"]),
+            "bias.noise_rate": float(match["rate"])}
+
+
+# The issue-8 grid: the reference's noise model at imbalance {10, 50} x noise {0.2, 0.4}, and one flip2 cell.
+CELLS = [f"prop-imb{imbalance}-n{rate}" for imbalance in (10, 50) for rate in (0.2, 0.4)] + ["flip2-imb10-n0.4"]
 QUICK_CELL = "prop-imb10-n0.4"
 METHODS = ("ce", "balanced_ce", "mwnet", "curvenet", "dynamic_loss")
 # Meta-Weight-Net's reference code takes its virtual step over the whole network: the baseline runs that way, not
@@ -65,7 +75,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m curvenet_dist.bench grid", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "grid_fashion_mnist.yaml"))
-    parser.add_argument("--cells", nargs="+", choices=list(CELLS), help="default: all (--quick: " + QUICK_CELL + ")")
+    parser.add_argument("--cells", nargs="+", help=f"cells named <{'|'.join(NOISE_PREFIXES)}>-imb<factor>-n<rate> "
+                        f"(default: {' '.join(CELLS)}; --quick: {QUICK_CELL})")
     parser.add_argument("--seeds", type=int, nargs="+", help="each sets run.seed and bias.seed (default: 0 1; "
                                                              "--quick: 0)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="allocate methods (config's `method`)")
@@ -76,6 +87,12 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. probe.epochs=20")
     arguments = parser.parse_args(argv)
     arguments.cells = arguments.cells or ([QUICK_CELL] if arguments.quick else list(CELLS))
+    for name in arguments.cells:
+        try:
+            load_config(arguments.config, [*(f"{key}={value}" for key, value in cell(name).items()),
+                                           *arguments.overrides])
+        except (argparse.ArgumentTypeError, ConfigError) as error:
+            parser.error(str(error))
     arguments.seeds = arguments.seeds or ([0] if arguments.quick else [0, 1])
     for method in arguments.methods:
         try:
@@ -90,7 +107,7 @@ def plan_runs(arguments: argparse.Namespace, root: Path) -> list[Run]:
     runs = []
     for name in arguments.cells:
         for seed in arguments.seeds:
-            base = ["--config", arguments.config, *(f"{key}={value}" for key, value in CELLS[name].items()),
+            base = ["--config", arguments.config, *(f"{key}={value}" for key, value in cell(name).items()),
                     f"run.seed={seed}", f"bias.seed={seed}", *arguments.overrides]
             probe_dir = run_folder(root, name, seed, "probe")
             runs.append(Run(f"{name} seed {seed} probe", "probe", probe_dir, [*base, f"run.dir={probe_dir}"]))
@@ -155,7 +172,7 @@ def summarize_cell(root: Path, name: str, seeds: list[int], methods: list[str]) 
                 if figure in metrics:
                     per_seed[method][figure].append(metrics[figure])
     return {
-        "name": name, "settings": CELLS[name],
+        "name": name, "settings": cell(name),
         "methods": {method: {figure: mean_std(values) for figure, values in figures.items()}
                     for method, figures in per_seed.items()},
         "detector_auroc": mean_std([value for value in detector if value is not None]),
