@@ -46,9 +46,19 @@ def test_grid_end_to_end_resumes_and_scores_the_detector(tmp_path, capsys, monke
     expected = roc_auc_score(mislabeled, store["loss"][:][:, complete].mean(1))
     assert abs(cell["detector_auroc"]["mean"] - expected) < 1e-9
     assert figures["detector_auroc"] == cell["detector_auroc"]["mean"]
+    # Within the classes: each given-label class holding both kinds scored alone, then averaged.
+    labels, mean_loss = store["label"][:], store["loss"][:][:, complete].mean(1)
+    weights = np.load(tmp_path / "runs" / "prop-imb10-n0.4_seed0_curvenet" / "weights.npy")
+    mixed = [c for c in np.unique(labels) if 0 < mislabeled[labels == c].sum() < (labels == c).sum()]
+    for score, figure in ((mean_loss, cell["detector_auroc_within_class"]),
+                          (-weights, cell["methods"]["curvenet"]["noise_auroc_within_class"])):
+        expected_within = np.mean([roc_auc_score(mislabeled[labels == c], score[labels == c]) for c in mixed])
+        assert abs(figure["mean"] - expected_within) < 1e-9
+    assert cell["methods"]["ce"]["noise_auroc_within_class"] is None
 
     table = (tmp_path / "docs" / "grid.md").read_text()
     assert "## prop-imb10-n0.4" in table and "| curvenet |" in table and f"{expected:.4f}" in table
+    assert "within-class AUROC (mean probe loss)" in table
     assert (tmp_path / "docs" / "grid.png").stat().st_size > 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (summary,) = client.search_runs([client.get_experiment_by_name("grid").experiment_id], "tags.stage = 'grid'")

@@ -27,7 +27,7 @@ from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.engine.launch import torchrun_stage
 from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.tracking.mlflow_tracker import build_tracker
-from curvenet_dist.tracking.report import noise_detection_scores
+from curvenet_dist.tracking.report import noise_detection_scores, within_class_auroc
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -58,7 +58,7 @@ METHODS = ("ce", "balanced_ce", "mwnet", "curvenet", "dynamic_loss")
 # clean meta set added (`hierarchical_clean`) it sees the same clean data as the other methods. Applied after the
 # command line's overrides, so each method stays as configured here.
 METHOD_OVERRIDES = {"mwnet": ["slmo.skip_layers=0"], "dynamic_loss": ["meta.source=hierarchical_clean"]}
-FIGURES = ("test_acc", "few_acc", "noise_auroc")
+FIGURES = ("test_acc", "few_acc", "noise_auroc", "noise_auroc_within_class")
 METHOD_NAMES = {"ce": "CE", "balanced_ce": "class-balanced CE", "mwnet": "Meta-Weight-Net", "curvenet": "CurveNet",
                 "dynamic_loss": "Dynamic Loss"}
 
@@ -145,12 +145,14 @@ def finished(run: Run) -> bool:
     return (run.folder / "metrics.json").is_file()
 
 
-def detector_auroc(store: CurveStore) -> float | None:
-    """AUROC of the trivial detector: each sample's mean probe loss over the store's complete epochs, higher =
-    more likely mislabeled, against the store's true labels."""
+def detector_aurocs(store: CurveStore) -> tuple[float | None, float | None]:
+    """The trivial detector's AUROC, pooled and within the classes: each sample's mean probe loss over the store's
+    complete epochs, higher = more likely mislabeled, against the store's true labels."""
     mean_loss = store.loss[:][:, store.complete_epochs()].mean(1)
-    # noise_detection_scores flags low weights; the negated loss ranks the samples exactly as the loss does.
-    return noise_detection_scores(-mean_loss, store.labels != store.true_labels).get("noise_auroc")
+    mislabeled = store.labels != store.true_labels
+    # The scores flag low weights; the negated loss ranks the samples exactly as the loss does.
+    return (noise_detection_scores(-mean_loss, mislabeled).get("noise_auroc"),
+            within_class_auroc(-mean_loss, store.labels, mislabeled))
 
 
 def mean_std(values: list[float]) -> dict[str, float] | None:
@@ -160,24 +162,31 @@ def mean_std(values: list[float]) -> dict[str, float] | None:
 def summarize_cell(root: Path, name: str, seeds: list[int], methods: list[str]) -> dict:
     """One cell's figures, mean and std over seeds, and its per-seed values (to average over cells per seed)."""
     probes = [run_folder(root, name, seed, "probe") for seed in seeds]
-    detector = [detector_auroc(CurveStore.open(probe / CURVE_STORE, mode="r")) for probe in probes]
+    stores = [CurveStore.open(probe / CURVE_STORE, mode="r") for probe in probes]
+    detector, detector_within = zip(*map(detector_aurocs, stores))
     # The probe's per-class noise rates (None: no known true label in the class) as NaN, to average over seeds.
     rates = np.array([json.loads((probe / "metrics.json").read_text())["noise_rate_by_class"] for probe in probes],
                      dtype=float).mean(0)
     per_seed = {method: {figure: [] for figure in FIGURES} for method in methods}
     for method in methods:
-        for seed in seeds:
-            metrics = json.loads((run_folder(root, name, seed, method) / "metrics.json").read_text())
+        for seed, store in zip(seeds, stores):
+            folder = run_folder(root, name, seed, method)
+            metrics = json.loads((folder / "metrics.json").read_text())
+            if "noise_auroc" in metrics:
+                metrics["noise_auroc_within_class"] = within_class_auroc(
+                    np.load(folder / "weights.npy"), store.labels, store.labels != store.true_labels)
             for figure in FIGURES:
-                if figure in metrics:
+                if metrics.get(figure) is not None:
                     per_seed[method][figure].append(metrics[figure])
     return {
         "name": name, "settings": cell(name),
         "methods": {method: {figure: mean_std(values) for figure, values in figures.items()}
                     for method, figures in per_seed.items()},
         "detector_auroc": mean_std([value for value in detector if value is not None]),
+        "detector_auroc_within_class": mean_std([value for value in detector_within if value is not None]),
         "noise_rate_by_class": [None if np.isnan(rate) else round(float(rate), 4) for rate in rates],
-        "per_seed": {**per_seed, "detector_auroc": detector},
+        "per_seed": {**per_seed, "detector_auroc": list(detector),
+                     "detector_auroc_within_class": list(detector_within)},
     }
 
 
@@ -193,29 +202,35 @@ def format_figure(value: dict[str, float] | None) -> str:
     return "-" if value is None else f"{value['mean']:.4f} ± {value['std']:.4f}"
 
 
-def markdown(cells: list[dict], means: dict, detector: dict | None, arguments: argparse.Namespace) -> str:
+def markdown(cells: list[dict], means: dict, detector: dict, arguments: argparse.Namespace) -> str:
+    """`detector`: the mean over cells of the detector's figures, keyed as a cell's."""
     command = " ".join(["python -m curvenet_dist.bench grid", "--cells", *arguments.cells, "--seeds",
                         *map(str, arguments.seeds), "--methods", *arguments.methods, "--nproc", str(arguments.nproc),
                         *arguments.overrides])
-    header = "| method | test acc | few-shot acc | noise AUROC (weights) | noise AUROC (mean probe loss) |"
+    header = ("| method | test acc | few-shot acc | noise AUROC (weights) | noise AUROC (mean probe loss) "
+              "| within-class AUROC (weights) | within-class AUROC (mean probe loss) |\n" + "| --- " * 7 + "|")
     config = Path(arguments.config).resolve()
     config = config.relative_to(REPO) if config.is_relative_to(REPO) else config
     title = ", ".join(METHOD_NAMES.get(method, method) for method in arguments.methods)
+
+    def rows(figures: dict, detector: dict) -> list[str]:
+        return [f"| {method} | {format_figure(m['test_acc'])} | {format_figure(m['few_acc'])} | "
+                f"{format_figure(m['noise_auroc'])} | {format_figure(detector['detector_auroc'])} | "
+                f"{format_figure(m['noise_auroc_within_class'])} | "
+                f"{format_figure(detector['detector_auroc_within_class'])} |" for method, m in figures.items()]
+
     lines = [f"# Grid: {title}", "", f"`{command}` (config {config}).", "",
              f"Mean ± std over seeds {arguments.seeds}. Noise AUROC: mislabeled = positive, score = 1 - weight; "
-             "beside it the trivial detector's: a sample's mean probe loss on the same curve store.", "",
+             "beside it the trivial detector's: a sample's mean probe loss on the same curve store. Within-class: "
+             "the AUROC inside each given-label class, averaged over the classes (blind to how whole classes "
+             "compare, as a weight from class-centred curves is).", "",
              "## Mean over cells (MA: the paper's mean accuracy)", "", header.replace("test acc", "MA"),
-             "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {method} | {format_figure(m['test_acc'])} | {format_figure(m['few_acc'])} | "
-              f"{format_figure(m['noise_auroc'])} | {format_figure(detector)} |" for method, m in means.items()]
+             *rows(means, detector)]
     for cell in cells:
         rates = " ".join("-" if rate is None else f"{rate:.2f}" for rate in cell["noise_rate_by_class"])
         lines += ["", f"## {cell['name']}", "", ", ".join(f"{k}={v}" for k, v in cell["settings"].items()) + ".",
                   f"Noise rate of each given-label class 0-{len(cell['noise_rate_by_class']) - 1} (mean over seeds): "
-                  f"{rates}.", "", header, "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {method} | {format_figure(m['test_acc'])} | {format_figure(m['few_acc'])} | "
-                  f"{format_figure(m['noise_auroc'])} | {format_figure(cell['detector_auroc'])} |"
-                  for method, m in cell["methods"].items()]
+                  f"{rates}.", "", header, *rows(cell["methods"], cell)]
     return "\n".join(lines) + "\n"
 
 
@@ -273,19 +288,19 @@ def main(argv: list[str]) -> dict:
     execute(runs, arguments.nproc)
     cells = [summarize_cell(root, name, arguments.seeds, arguments.methods) for name in arguments.cells]
     means = {method: {figure: over_cells(cells, method, figure) for figure in FIGURES} for method in arguments.methods}
-    detector = over_cells(cells, "detector_auroc")
+    detector = {key: over_cells(cells, key) for key in ("detector_auroc", "detector_auroc_within_class")}
     out_dir = Path(arguments.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown(cells, means, detector, arguments)
     (out_dir / "grid.md").write_text(table)
     print(table, flush=True)
-    plot(cells, means, detector, out_dir / "grid.png")
+    plot(cells, means, detector["detector_auroc"], out_dir / "grid.png")
     result = {
         "cells": [{key: value for key, value in cell.items() if key != "per_seed"} for cell in cells],
         "summary": {method: {"mean_acc": m["test_acc"]["mean"], "mean_few_acc": m["few_acc"]["mean"],
                              "mean_noise_auroc": m["noise_auroc"]["mean"] if m["noise_auroc"] else None}
                     for method, m in means.items()},
-        "detector_auroc": detector["mean"] if detector else None,
+        "detector_auroc": detector["detector_auroc"]["mean"] if detector["detector_auroc"] else None,
         "seeds": arguments.seeds,
     }
     log_to_mlflow(arguments, root, result, [out_dir / "grid.md", out_dir / "grid.png"])
