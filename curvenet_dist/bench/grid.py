@@ -23,11 +23,12 @@ import matplotlib
 import numpy as np
 
 from curvenet_dist.config import ConfigError, load_config
+from curvenet_dist.curves.features import mean_probe_loss
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.engine.launch import torchrun_stage
 from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.tracking.mlflow_tracker import build_tracker
-from curvenet_dist.tracking.report import noise_detection_scores, within_class_auroc
+from curvenet_dist.tracking.report import mean_loss_detector, within_class_auroc
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -145,16 +146,6 @@ def finished(run: Run) -> bool:
     return (run.folder / "metrics.json").is_file()
 
 
-def detector_aurocs(store: CurveStore) -> tuple[float | None, float | None]:
-    """The trivial detector's AUROC, pooled and within the classes: each sample's mean probe loss over the store's
-    complete epochs, higher = more likely mislabeled, against the store's true labels."""
-    mean_loss = store.loss[:][:, store.complete_epochs()].mean(1)
-    mislabeled = store.labels != store.true_labels
-    # The scores flag low weights; the negated loss ranks the samples exactly as the loss does.
-    return (noise_detection_scores(-mean_loss, mislabeled).get("noise_auroc"),
-            within_class_auroc(-mean_loss, store.labels, mislabeled))
-
-
 def mean_std(values: list[float]) -> dict[str, float] | None:
     return {"mean": statistics.mean(values), "std": statistics.pstdev(values)} if values else None
 
@@ -163,7 +154,9 @@ def summarize_cell(root: Path, name: str, seeds: list[int], methods: list[str]) 
     """One cell's figures, mean and std over seeds, and its per-seed values (to average over cells per seed)."""
     probes = [run_folder(root, name, seed, "probe") for seed in seeds]
     stores = [CurveStore.open(probe / CURVE_STORE, mode="r") for probe in probes]
-    detector, detector_within = zip(*map(detector_aurocs, stores))
+    detectors = [mean_loss_detector(mean_probe_loss(store), store.labels, store.true_labels) for store in stores]
+    detector = [figures["detector_auroc"] for figures in detectors]
+    detector_within = [figures["detector_auroc_within_class"] for figures in detectors]
     # The probe's per-class noise rates (None: no known true label in the class) as NaN, to average over seeds.
     rates = np.array([json.loads((probe / "metrics.json").read_text())["noise_rate_by_class"] for probe in probes],
                      dtype=float).mean(0)
@@ -185,8 +178,7 @@ def summarize_cell(root: Path, name: str, seeds: list[int], methods: list[str]) 
         "detector_auroc": mean_std([value for value in detector if value is not None]),
         "detector_auroc_within_class": mean_std([value for value in detector_within if value is not None]),
         "noise_rate_by_class": [None if np.isnan(rate) else round(float(rate), 4) for rate in rates],
-        "per_seed": {**per_seed, "detector_auroc": list(detector),
-                     "detector_auroc_within_class": list(detector_within)},
+        "per_seed": {**per_seed, "detector_auroc": detector, "detector_auroc_within_class": detector_within},
     }
 
 

@@ -93,15 +93,22 @@ def curve_features(store: CurveStore, skip_epochs: int, normalize_std: bool) -> 
     return np.load(path, mmap_mode="c")
 
 
+def mean_probe_loss(store: CurveStore) -> np.ndarray:
+    """Each sample's mean loss over the store's complete epochs, read a column at a time (the trivial noise
+    detector's score)."""
+    epochs = store.complete_epochs()
+    total = np.zeros(store.num_samples)
+    for epoch in epochs:
+        total += store.loss[:, epoch]
+    return total / len(epochs)
+
+
 def lowest_loss_rows(store: CurveStore, per_class: int) -> np.ndarray:
     """The `per_class` samples of each given class with the lowest mean probe loss over every probe epoch (ties
     by sample id): a meta set without clean data (paper Table 7)."""
     require_epochs(store, 0, "meta.source=lowest_loss")
-    total = np.zeros(store.num_samples)
-    for epoch in range(store.num_epochs):
-        total += store.loss[:, epoch]
     labels = store.labels
-    by_loss = np.argsort(total / store.num_epochs, kind="stable")
+    by_loss = np.argsort(mean_probe_loss(store), kind="stable")
     by_class_then_loss = by_loss[np.argsort(labels[by_loss], kind="stable")]
     counts = np.bincount(labels)
     rank_in_class = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)

@@ -46,6 +46,15 @@ def within_class_auroc(weights: np.ndarray, labels: np.ndarray, mislabeled: np.n
     return float(np.mean(aurocs)) if aurocs else None
 
 
+def mean_loss_detector(mean_loss: np.ndarray, labels: np.ndarray, true_labels: np.ndarray) -> dict[str, float | None]:
+    """The trivial noise detector's AUROC, pooled and within the classes: a sample's mean probe loss, higher =
+    more likely mislabeled, against its true label."""
+    mislabeled = labels != true_labels
+    # The scores flag low weights; the negated loss ranks the samples exactly as the loss does.
+    return {"detector_auroc": noise_detection_scores(-mean_loss, mislabeled).get("noise_auroc"),
+            "detector_auroc_within_class": within_class_auroc(-mean_loss, labels, mislabeled)}
+
+
 def class_relative(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each weight divided by the mean weight of its given class. CurveNet's weight carries a per-class factor
     that rebalances the long tail (tail classes up, head classes down); a mislabeled sample is one whose weight is
