@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.data.sharding import batches_per_epoch
 from curvenet_dist.data.sample_table import PreparedDataset
 from curvenet_dist.tracking.report import class_relative
 from tests.conftest import REPO, TINY, torchrun
@@ -67,6 +68,10 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     [line] = [line for line in result.stdout.splitlines() if line.startswith("data: ")]
     assert line == (f"data: prepared {prepared} (10 classes); synthetic bias: none; train {len(rows)}, meta split 50, "
                     f"test 150, true label known for {(true >= 0).sum()} training samples")
+    # How many optimizer steps the data gives, said up front: a small dataset at a large batch gets few.
+    steps = batches_per_epoch(len(rows), 2, 64)
+    assert (f"{len(rows)} training samples, 10 classes, 2 rank(s) x batch 64: {steps} steps an epoch, {4 * steps} "
+            "in all; ") in result.stdout
     store = CurveStore.open(probe_dir / "curves.zarr", mode="r")
     assert store.labels.tolist() == given.tolist() and store.true_labels.tolist() == true.tolist()
     assert (probe_dir / "loss_curves.png").is_file(), "Fig. 1 from the audited samples"
@@ -74,6 +79,8 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     result = torchrun("allocate.py", 2, ["--config", PREPARED, f"probe.dir={probe_dir}", f"run.dir={curvenet_dir}",
                                          "method=curvenet", *data, *ALLOCATE, "tracking.enabled=true",
                                          f"tracking.uri={mlflow_server}", "tracking.experiment=user-data"])
+    assert f"a meta update every 1 batch(es) ({2 * steps} before the freeze)" in result.stdout
+    assert f"2 rank(s) x batch 64: {steps} steps an epoch" in result.stdout
     metrics = json.loads((curvenet_dir / "metrics.json").read_text())
     audited = true >= 0
     weights = np.load(curvenet_dir / "weights.npy")

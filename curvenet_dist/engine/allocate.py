@@ -215,11 +215,17 @@ class AllocateTrainer:
         barrier()
         tracker = build_tracker(config, self.run_dir, "allocate", self._tags(), context.is_main)
         meta_size = f"{len(self.meta_table)} " if self.meta_table is not None else ""
+        steps = len(self.train_loader)
+        # How many meta updates the weighting net gets: a small dataset gets few (DESIGN §9, the initial output).
+        # Dynamic Loss's epochs draw their own sample and skip the warm-up, so its count is not this product.
+        meta_epochs = config.allocate.milestones[0] if config.allocate.milestones else config.allocate.epochs
+        updates = (f" ({-(-steps // self.meta_interval) * meta_epochs} before the freeze)"
+                   if self.method != "dynamic_loss" else "")
         meta = (f"meta set {meta_size}({config.meta.source}), skip_layers {self.skip_layers}, a meta update every "
-                f"{self.meta_interval} batch(es), meta.sync {config.meta.sync}, "
+                f"{self.meta_interval} batch(es){updates}, meta.sync {config.meta.sync}, "
                 if self.weighting_net is not None else "")
         self.progress.say(f"method {self.method}, {len(self.splits.train)} training samples, {meta}"
-                          f"{context.world_size} rank(s)")
+                          f"{context.world_size} rank(s) x batch {config.data.batch_size}: {steps} steps an epoch")
         if start_epoch or start_batch:
             self.progress.say(f"resuming at epoch {start_epoch + 1}, batch {start_batch}")
         run_start = time.monotonic()

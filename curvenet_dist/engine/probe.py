@@ -98,8 +98,10 @@ class ProbeTrainer:
             store.discard_from(start_epoch)
         barrier()
         tracker = build_tracker(config, self.run_dir, "probe", self._tags(), context.is_main)
+        steps = len(self.train_loader)
         self.progress.say(f"{len(self.train_table)} training samples, {self.splits.num_classes} classes, "
-                          f"{context.world_size} rank(s), device {context.device}; run folder {self.run_dir}")
+                          f"{context.world_size} rank(s) x batch {config.data.batch_size}: {steps} steps an epoch, "
+                          f"{steps * config.probe.epochs} in all; device {context.device}; run folder {self.run_dir}")
         if start_epoch or start_batch:
             self.progress.say(f"resuming at epoch {start_epoch + 1}, batch {start_batch}")
         run_start = time.monotonic()
