@@ -28,7 +28,7 @@ from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.engine.launch import torchrun_stage
 from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.tracking.mlflow_tracker import build_tracker
-from curvenet_dist.tracking.report import mean_loss_detector, within_class_auroc
+from curvenet_dist.tracking.report import mean_loss_detector
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -162,14 +162,10 @@ def summarize_cell(root: Path, name: str, seeds: list[int], methods: list[str]) 
                      dtype=float).mean(0)
     per_seed = {method: {figure: [] for figure in FIGURES} for method in methods}
     for method in methods:
-        for seed, store in zip(seeds, stores):
-            folder = run_folder(root, name, seed, method)
-            metrics = json.loads((folder / "metrics.json").read_text())
-            if "noise_auroc" in metrics:
-                metrics["noise_auroc_within_class"] = within_class_auroc(
-                    np.load(folder / "weights.npy"), store.labels, store.labels != store.true_labels)
+        for seed in seeds:
+            metrics = json.loads((run_folder(root, name, seed, method) / "metrics.json").read_text())
             for figure in FIGURES:
-                if metrics.get(figure) is not None:
+                if figure in metrics:
                     per_seed[method][figure].append(metrics[figure])
     return {
         "name": name, "settings": cell(name),

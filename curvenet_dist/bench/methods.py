@@ -13,13 +13,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from curvenet_dist.curves.features import mean_probe_loss
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.engine.launch import torchrun_stage
 from curvenet_dist.engine.probe import CURVE_STORE
-from curvenet_dist.tracking.report import mean_loss_detector, within_class_auroc
+from curvenet_dist.tracking.report import mean_loss_detector
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("ce", "balanced_ce", "mwnet", "curvenet")
@@ -45,16 +43,12 @@ def main(argv: list[str]) -> dict:
             probe_dir = root / f"seed{seed}" / "probe"
             torchrun_stage(arguments.nproc, "probe", [*base, f"run.dir={probe_dir}"], quiet=True)
             store = CurveStore.open(probe_dir / CURVE_STORE, mode="r")
-            mislabeled = store.labels != store.true_labels
             detectors.append(mean_loss_detector(mean_probe_loss(store), store.labels, store.true_labels))
             for method in arguments.methods:
                 run_dir = root / f"seed{seed}" / method
                 torchrun_stage(arguments.nproc, "allocate",
                                [*base, f"probe.dir={probe_dir}", f"run.dir={run_dir}", f"method={method}"], quiet=True)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
-                if "noise_auroc" in metrics:
-                    metrics["noise_auroc_within_class"] = within_class_auroc(np.load(run_dir / "weights.npy"),
-                                                                             store.labels, mislabeled)
                 results[method].append(metrics)
                 separation = (f", noise AUROC {metrics['noise_auroc']:.3f} (mean probe loss "
                               f"{detectors[-1]['detector_auroc']:.3f})" if "noise_auroc" in metrics else "")
@@ -63,7 +57,7 @@ def main(argv: list[str]) -> dict:
                      "overrides": arguments.overrides}
     for method, runs in results.items():
         for figure in FIGURES:
-            values = [run[figure] for run in runs if run.get(figure) is not None]
+            values = [run[figure] for run in runs if figure in run]
             if values:
                 summary[f"{method}_{figure}_mean"] = statistics.mean(values)
                 summary[f"{method}_{figure}_std"] = statistics.pstdev(values)

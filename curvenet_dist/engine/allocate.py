@@ -218,7 +218,7 @@ class AllocateTrainer:
         steps = len(self.train_loader)
         # How many meta updates the weighting net gets: a small dataset gets few (DESIGN §9, the initial output).
         # Dynamic Loss's epochs draw their own sample and skip the warm-up, so its count is not this product.
-        meta_epochs = config.allocate.milestones[0] if config.allocate.milestones else config.allocate.epochs
+        meta_epochs = sum(not self.weighting_frozen(epoch) for epoch in range(config.allocate.epochs))
         updates = (f" ({-(-steps // self.meta_interval) * meta_epochs} before the freeze)"
                    if self.method != "dynamic_loss" else "")
         meta = (f"meta set {meta_size}({config.meta.source}), skip_layers {self.skip_layers}, a meta update every "

@@ -176,10 +176,14 @@ def write_allocate_report(run_dir: Path, splits: Splits, weights: np.ndarray, tr
     scores = audited_noise_scores(weights, train)
     if scores:
         scores["noise_auroc_raw"] = noise_detection_scores(weights[known], mislabeled)["noise_auroc"]
+        within = within_class_auroc(weights[known], train.labels[known], mislabeled)
+        if within is not None:
+            scores["noise_auroc_within_class"] = within
         scores["noise_scored_samples"] = int(known.sum())
         print(f"noise detection scored on the {int(known.sum())} of {len(train)} training samples whose true label "
               f"is known ({int(mislabeled.sum())} mislabeled): AUROC {scores['noise_auroc']:.3f} of the class-relative "
-              f"weight ({scores['noise_auroc_raw']:.3f} of the weight itself)", flush=True)
+              f"weight ({scores['noise_auroc_raw']:.3f} of the weight itself"
+              + (f", {within:.3f} within the classes)" if within is not None else ")"), flush=True)
     return scores
 
 
