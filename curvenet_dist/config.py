@@ -217,9 +217,16 @@ class AllocateConfig:
     """Epochs at which the LR is multiplied by gamma. CurveNet is frozen at the first."""
     gamma: float = 0.1
     """LR decay factor."""
+    warmup_epochs: int = 0
+    """The first this many epochs ramp the LR up linearly, epoch e (from 0) at lr * (e + 1) / warmup_epochs (the
+    reference code's allocate stage uses 5). 0: no warm-up."""
 
     def validate(self) -> None:
         _positive("allocate.epochs", self.epochs)
+        _positive("allocate.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        if self.milestones and self.warmup_epochs > self.milestones[0]:
+            raise ConfigError(f"allocate.warmup_epochs={self.warmup_epochs} must end by the first of "
+                              f"allocate.milestones={self.milestones}")
         if sorted(self.milestones) != list(self.milestones) or any(m <= 0 for m in self.milestones):
             raise ConfigError(f"allocate.milestones={self.milestones} must be increasing positive epochs")
 

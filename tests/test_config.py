@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from curvenet_dist.config import ConfigError, load_config
+from curvenet_dist.engine.lr_schedule import step_lr
 from tests.conftest import QUICKSTART
 
 
@@ -52,3 +53,16 @@ def test_a_weight_scale_given_to_every_method_leaves_the_fixed_weight_methods_al
     # The benchmarks pass one set of overrides to every method: CE has no weighting net for the scale to act on.
     for method in ("ce", "balanced_ce"):
         assert load_config(QUICKSTART, [f"method={method}", "meta.weight_scale=class"]).weight_scale() == "none"
+
+
+def test_the_allocate_warmup_ramps_the_lr_up_then_hands_over_to_the_step_schedule():
+    config = load_config(QUICKSTART, ["optim.lr=0.1", "allocate.warmup_epochs=4", "allocate.milestones=[6,8]"])
+    lrs = [step_lr(config.allocate, config.optim.lr, epoch) for epoch in range(10)]
+    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    without = load_config(QUICKSTART, ["optim.lr=0.1", "allocate.milestones=[6,8]"])
+    assert step_lr(without.allocate, 0.1, 0) == pytest.approx(0.1)
+
+
+def test_a_warmup_that_outlasts_the_first_decay_is_refused():
+    with pytest.raises(ConfigError, match=r"allocate.warmup_epochs=7 must end by the first of allocate.milestones=\[6, 8\]"):
+        load_config(QUICKSTART, ["allocate.warmup_epochs=7", "allocate.milestones=[6,8]"])

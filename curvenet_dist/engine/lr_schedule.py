@@ -25,5 +25,6 @@ def probe_lr(config: ProbeConfig, base_lr: float, epoch: float) -> float:
 
 
 def step_lr(config: AllocateConfig, base_lr: float, epoch: int) -> float:
-    """Step decay: base_lr * gamma^(milestones passed)."""
-    return base_lr * config.gamma ** sum(epoch >= milestone for milestone in config.milestones)
+    """Step decay, base_lr * gamma^(milestones passed), after a linear warm-up over the first warmup_epochs."""
+    warmup = min(1.0, (epoch + 1) / config.warmup_epochs) if config.warmup_epochs else 1.0
+    return warmup * base_lr * config.gamma ** sum(epoch >= milestone for milestone in config.milestones)
