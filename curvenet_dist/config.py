@@ -224,11 +224,11 @@ class AllocateConfig:
     def validate(self) -> None:
         _positive("allocate.epochs", self.epochs)
         _positive("allocate.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        if sorted(self.milestones) != list(self.milestones) or any(m <= 0 for m in self.milestones):
+            raise ConfigError(f"allocate.milestones={self.milestones} must be increasing positive epochs")
         if self.milestones and self.warmup_epochs > self.milestones[0]:
             raise ConfigError(f"allocate.warmup_epochs={self.warmup_epochs} must end by the first of "
                               f"allocate.milestones={self.milestones}")
-        if sorted(self.milestones) != list(self.milestones) or any(m <= 0 for m in self.milestones):
-            raise ConfigError(f"allocate.milestones={self.milestones} must be increasing positive epochs")
 
 
 @dataclass
