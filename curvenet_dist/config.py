@@ -165,14 +165,16 @@ class OptimConfig:
     """SGD momentum."""
     weight_decay: float = 5e-4
     """L2 weight decay."""
-    nesterov: bool = False
-    """Nesterov momentum."""
+    nesterov: bool = True
+    """Nesterov momentum (the reference code's, in both stages; needs momentum > 0)."""
 
     def validate(self) -> None:
         _positive("optim.lr", self.lr)
         _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"optim.momentum={self.momentum} must be in [0, 1)")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("optim.nesterov=true needs optim.momentum > 0; set optim.nesterov=false for plain SGD")
 
 
 @dataclass
