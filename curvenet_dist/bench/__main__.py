@@ -13,6 +13,7 @@ BENCHMARKS = {
     "methods": "CE vs Meta-Weight-Net vs CurveNet test accuracy and noise AUROC over seeds",
     "image_check": "images/s of the data_prep image check on small PNG and JPEG files",
     "grid": "Table 1 on Fashion-MNIST: CE / MW-Net / CurveNet over imbalance x noise cells and seeds",
+    "own_data": "the own-data path on real images: image-folder lists, data_prep, CE / class-balanced CE / CurveNet",
     "scale": "curve features, epoch gather, meta set, weights and allocate start-up at Clothing1M size",
 }
 

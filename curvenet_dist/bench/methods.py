@@ -24,6 +24,42 @@ METHODS = ("ce", "balanced_ce", "mwnet", "curvenet")
 FIGURES = ("test_acc", "many_acc", "medium_acc", "few_acc", "noise_auroc", "noise_auroc_within_class", "noise_ap")
 
 
+def run_seed(root: Path, seed: int, base: list[str], methods: list[str], nproc: int) -> tuple[dict, dict]:
+    """One probe run in root/seed{seed}/probe, then one allocate run per method from its store, each under
+    torchrun with the stage arguments `base`: the metrics of each method's run, and the mean-probe-loss detector
+    on the same store."""
+    probe_dir = root / f"seed{seed}" / "probe"
+    torchrun_stage(nproc, "probe", [*base, f"run.dir={probe_dir}"], quiet=True)
+    store = CurveStore.open(probe_dir / CURVE_STORE, mode="r")
+    detector = mean_loss_detector(mean_probe_loss(store), store.labels, store.true_labels)
+    results = {}
+    for method in methods:
+        run_dir = root / f"seed{seed}" / method
+        torchrun_stage(nproc, "allocate", [*base, f"probe.dir={probe_dir}", f"run.dir={run_dir}", f"method={method}"],
+                       quiet=True)
+        metrics = results[method] = json.loads((run_dir / "metrics.json").read_text())
+        separation = (f", noise AUROC {metrics['noise_auroc']:.3f} (mean probe loss "
+                      f"{detector['detector_auroc']:.3f})" if "noise_auroc" in metrics else "")
+        print(f"seed {seed} {method}: test_acc {metrics['test_acc']:.4f}{separation}", flush=True)
+    return results, detector
+
+
+def summarize(runs: list[tuple[dict, dict]], summary: dict) -> dict:
+    """`summary` with, per method, the mean and std over the seeds' `runs` of every figure, and the detector's."""
+    for method in runs[0][0]:
+        for figure in FIGURES:
+            values = [results[method][figure] for results, _ in runs if figure in results[method]]
+            if values:
+                summary[f"{method}_{figure}_mean"] = statistics.mean(values)
+                summary[f"{method}_{figure}_std"] = statistics.pstdev(values)
+    for figure in ("detector_auroc", "detector_auroc_within_class"):
+        values = [detector[figure] for _, detector in runs if detector[figure] is not None]
+        if values:
+            summary[f"{figure}_mean"] = statistics.mean(values)
+            summary[f"{figure}_std"] = statistics.pstdev(values)
+    return summary
+
+
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m curvenet_dist.bench methods")
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
@@ -35,35 +71,8 @@ def main(argv: list[str]) -> dict:
     arguments = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(arguments.run_dir or scratch).resolve()
-        results: dict[str, list[dict]] = {method: [] for method in arguments.methods}
-        detectors: list[dict] = []
-        for seed in arguments.seeds:
-            base = ["--config", arguments.config, *arguments.overrides, f"run.seed={seed}", f"bias.seed={seed}",
-                    "tracking.enabled=false"]
-            probe_dir = root / f"seed{seed}" / "probe"
-            torchrun_stage(arguments.nproc, "probe", [*base, f"run.dir={probe_dir}"], quiet=True)
-            store = CurveStore.open(probe_dir / CURVE_STORE, mode="r")
-            detectors.append(mean_loss_detector(mean_probe_loss(store), store.labels, store.true_labels))
-            for method in arguments.methods:
-                run_dir = root / f"seed{seed}" / method
-                torchrun_stage(arguments.nproc, "allocate",
-                               [*base, f"probe.dir={probe_dir}", f"run.dir={run_dir}", f"method={method}"], quiet=True)
-                metrics = json.loads((run_dir / "metrics.json").read_text())
-                results[method].append(metrics)
-                separation = (f", noise AUROC {metrics['noise_auroc']:.3f} (mean probe loss "
-                              f"{detectors[-1]['detector_auroc']:.3f})" if "noise_auroc" in metrics else "")
-                print(f"seed {seed} {method}: test_acc {metrics['test_acc']:.4f}{separation}", flush=True)
-    summary: dict = {"seeds": arguments.seeds, "world_size": arguments.nproc, "config": arguments.config,
-                     "overrides": arguments.overrides}
-    for method, runs in results.items():
-        for figure in FIGURES:
-            values = [run[figure] for run in runs if figure in run]
-            if values:
-                summary[f"{method}_{figure}_mean"] = statistics.mean(values)
-                summary[f"{method}_{figure}_std"] = statistics.pstdev(values)
-    for figure in ("detector_auroc", "detector_auroc_within_class"):
-        values = [detector[figure] for detector in detectors if detector[figure] is not None]
-        if values:
-            summary[f"{figure}_mean"] = statistics.mean(values)
-            summary[f"{figure}_std"] = statistics.pstdev(values)
-    return summary
+        runs = [run_seed(root, seed, ["--config", arguments.config, *arguments.overrides, f"run.seed={seed}",
+                                      f"bias.seed={seed}", "tracking.enabled=false"], arguments.methods, arguments.nproc)
+                for seed in arguments.seeds]
+    return summarize(runs, {"seeds": arguments.seeds, "world_size": arguments.nproc, "config": arguments.config,
+                            "overrides": arguments.overrides})
