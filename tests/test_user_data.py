@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.sharding import batches_per_epoch
 from curvenet_dist.data.sample_table import PreparedDataset
+from curvenet_dist.engine.evaluate import near_chance_warning
 from curvenet_dist.tracking.report import class_relative
 from tests.conftest import REPO, TINY, torchrun
 
@@ -72,6 +73,9 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     steps = batches_per_epoch(len(rows), 2, 64)
     assert (f"{len(rows)} training samples, 10 classes, 2 rank(s) x batch 64: {steps} steps an epoch, {4 * steps} "
             "in all; ") in result.stdout
+    # A probe that ends near chance (this one's 4 tiny epochs may) says so and names the small-data config.
+    accuracy = json.loads((probe_dir / "metrics.json").read_text())["test_acc"]
+    assert ("near chance" in result.stdout) == (near_chance_warning(accuracy, 10, 4 * steps, "") is not None)
     store = CurveStore.open(probe_dir / "curves.zarr", mode="r")
     assert store.labels.tolist() == given.tolist() and store.true_labels.tolist() == true.tolist()
     assert (probe_dir / "loss_curves.png").is_file(), "Fig. 1 from the audited samples"
@@ -82,6 +86,7 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     assert f"a meta update every 1 batch(es) ({2 * steps} before the freeze)" in result.stdout
     assert f"2 rank(s) x batch 64: {steps} steps an epoch" in result.stdout
     metrics = json.loads((curvenet_dir / "metrics.json").read_text())
+    assert ("near chance" in result.stdout) == (near_chance_warning(metrics["test_acc"], 10, 3 * steps, "") is not None)
     audited = true >= 0
     weights = np.load(curvenet_dir / "weights.npy")
     assert metrics["noise_scored_samples"] == audited.sum() < len(rows)
@@ -103,3 +108,17 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     assert sorted(by_step) == [0, 1, 2, 3]
     assert by_step[2] == by_step[3] == pytest.approx(metrics["noise_auroc"])
     assert "suspects.png" in {item.path for item in MlflowClient(mlflow_server).list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.parametrize("accuracy, classes, warned", [
+    (0.163, 10, True),   # configs/prepared.yaml's probe on 688 digits (docs/BENCHMARKS.md)
+    (0.436, 10, False),  # poor, but learning
+    (0.52, 2, True), (0.70, 2, False),
+    (0.05, 101, False),  # far above chance on a hard 101-class set
+])
+def test_a_stage_that_ends_near_chance_names_the_small_data_config(accuracy, classes, warned):
+    warning = near_chance_warning(accuracy, classes, 90, "so its loss curves carry nothing")
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith(f"warning: test accuracy {accuracy:.4f} is near chance") and "90 optimizer steps" in warning
+        assert "configs/prepared_small.yaml" in warning and (REPO / "configs" / "prepared_small.yaml").is_file()

@@ -20,7 +20,7 @@ from curvenet_dist.engine.checkpoint import Checkpointer
 from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.engine.components import autocast_for, build_model, check_images_exist, fingerprint, write_json
 from curvenet_dist.engine.distributed import DistributedContext, barrier, broadcast_model
-from curvenet_dist.engine.evaluate import accuracy_report, losses_and_samples, predict
+from curvenet_dist.engine.evaluate import accuracy_report, losses_and_samples, near_chance_warning, predict
 from curvenet_dist.engine.lr_schedule import step_lr
 from curvenet_dist.engine.preemption import Preempted, StopSignal
 from curvenet_dist.engine.probe import CURVE_STORE
@@ -274,6 +274,11 @@ class AllocateTrainer:
             auroc = f", weights' noise AUROC {result['noise_auroc']:.3f}" if "noise_auroc" in result else ""
             self.progress.say(f"done: test accuracy {result['test_acc']:.4f}{auroc}; run folder {self.run_dir}; "
                               f"{tracker.ui_hint or 'MLflow tracking off'}")
+            warning = near_chance_warning(result["test_acc"], self.splits.num_classes,
+                                          steps * config.allocate.epochs,
+                                          "and no weighting can help that")
+            if warning:
+                self.progress.say(warning)
         barrier()
         return result
 

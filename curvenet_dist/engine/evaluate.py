@@ -56,3 +56,15 @@ def accuracy_report(predictions: np.ndarray, labels: np.ndarray, train_counts: n
     for group, classes in shot_groups(train_counts).items():
         report[f"{group}_acc"] = float(np.nanmean(per_class[classes])) if len(classes) else float("nan")
     return report
+
+
+def near_chance_warning(test_acc: float, num_classes: int, steps: int, consequence: str) -> str | None:
+    """A warning line when a finished stage's `test_acc` is near chance (below twice 1 / num_classes, and within a
+    tenth of the way from chance to perfect), else None. The usual cause is a small dataset under a config sized
+    for a large one: an epoch is then a few optimizer steps, `steps` in all."""
+    chance = 1 / num_classes
+    if test_acc >= min(2 * chance, chance + (1 - chance) / 10):
+        return None
+    return (f"warning: test accuracy {test_acc:.4f} is near chance ({chance:.3f} for {num_classes} classes) after "
+            f"{steps} optimizer steps: the network learned next to nothing, {consequence}; for a few thousand images "
+            f"or fewer start from configs/prepared_small.yaml (README, \"Small datasets\")")

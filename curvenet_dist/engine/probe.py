@@ -19,7 +19,7 @@ from curvenet_dist.engine.components import (
     autocast_for, build_model, check_images_exist, probe_fingerprint, write_json,
 )
 from curvenet_dist.engine.distributed import DistributedContext, barrier
-from curvenet_dist.engine.evaluate import accuracy_report, predict
+from curvenet_dist.engine.evaluate import accuracy_report, near_chance_warning, predict
 from curvenet_dist.engine.lr_schedule import probe_lr
 from curvenet_dist.engine.preemption import Preempted, StopSignal
 from curvenet_dist.engine.progress import Progress
@@ -132,6 +132,10 @@ class ProbeTrainer:
                                              for rate in noise_rate_by_class(self.train_table)]
         if context.is_main:
             self._finish(tracker, result)
+            warning = near_chance_warning(result["test_acc"], self.splits.num_classes, steps * config.probe.epochs,
+                                          "so its loss curves cannot tell mislabeled samples from clean ones")
+            if warning:
+                self.progress.say(warning)
         barrier()
         return result
 
