@@ -24,6 +24,16 @@ METHODS = ("ce", "balanced_ce", "mwnet", "curvenet")
 FIGURES = ("test_acc", "many_acc", "medium_acc", "few_acc", "noise_auroc", "noise_auroc_within_class", "noise_ap")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, config: str, methods: list[str]) -> None:
+    """The options every seeds-by-methods bench takes; `config` (a file in configs/) and `methods` are defaults."""
+    parser.add_argument("--config", default=str(REPO / "configs" / config))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=methods)
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--run-dir", default="", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.batch_size=64")
+
+
 def run_seed(root: Path, seed: int, base: list[str], methods: list[str], nproc: int) -> tuple[dict, dict]:
     """One probe run in root/seed{seed}/probe, then one allocate run per method from its store, each under
     torchrun with the stage arguments `base`: the metrics of each method's run, and the mean-probe-loss detector
@@ -62,12 +72,7 @@ def summarize(runs: list[tuple[dict, dict]], summary: dict) -> dict:
 
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m curvenet_dist.bench methods")
-    parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--run-dir", default="", help="keep the runs here (default: a temporary folder)")
-    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. bias.noise_rate=0.2")
+    add_run_arguments(parser, "quickstart.yaml", list(METHODS))
     arguments = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(arguments.run_dir or scratch).resolve()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curvenet_dist.bench.methods import METHODS, REPO, run_seed, summarize
+from curvenet_dist.bench.methods import add_run_arguments, run_seed, summarize
 from curvenet_dist.config import BiasConfig
 from curvenet_dist.data.bias import apply_bias, class_balanced_subset
 from curvenet_dist.data.embedded import digits_dataset, fashion_mnist_dataset
@@ -68,12 +68,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--imbalance-factor", type=float, default=10)
     parser.add_argument("--noise-type", default="proportional")
     parser.add_argument("--noise-rate", type=float, default=0.4)
-    parser.add_argument("--config", default=str(REPO / "configs" / "prepared_small.yaml"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["ce", "balanced_ce", "curvenet"])
-    parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--run-dir", default="", help="keep the image sets and runs here (default: a temporary folder)")
-    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.augment=crop")
+    add_run_arguments(parser, "prepared_small.yaml", ["ce", "balanced_ce", "curvenet"])
     arguments = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(arguments.run_dir or scratch).resolve()
