@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from curvenet_dist.bench.methods import add_run_arguments, run_seed, summarize
-from curvenet_dist.config import BiasConfig
+from curvenet_dist.config import BiasConfig, ConfigError
 from curvenet_dist.data.bias import apply_bias, class_balanced_subset
 from curvenet_dist.data.embedded import digits_dataset, fashion_mnist_dataset
 from curvenet_dist.data.sample_table import PreparedDataset, SampleTable
@@ -30,16 +30,19 @@ def write_list(path: Path, table: SampleTable, with_true_labels: bool) -> None:
             file.write(f"{image} {label} {true_label}\n" if with_true_labels else f"{image} {label}\n")
 
 
+def image_set_bias(arguments: argparse.Namespace, seed: int) -> BiasConfig:
+    """The long tail and noise the bench makes before the preparation (not a run's `bias.*`, which stays none)."""
+    return BiasConfig(meta_per_class=arguments.meta_per_class, imbalance_factor=arguments.imbalance_factor,
+                      noise_type=arguments.noise_type, noise_rate=arguments.noise_rate, seed=seed)
+
+
 def prepare_image_set(folder: Path, arguments: argparse.Namespace, seed: int) -> Path:
     """The seed's image set as list files in `folder`, prepared into folder/prepared (kept: a rerun reuses it)."""
     prepared = folder / "prepared"
     if (prepared / "classes.txt").is_file():
         return prepared
     source = (digits_dataset(None, 0.3) if arguments.source == "digits" else fashion_mnist_dataset(None))
-    bias = BiasConfig(meta_per_class=arguments.meta_per_class, imbalance_factor=arguments.imbalance_factor,
-                      noise_type=arguments.noise_type, noise_rate=arguments.noise_rate, seed=seed)
-    bias.validate()
-    split = apply_bias(source.splits["train"], bias, arguments.train_per_class)
+    split = apply_bias(source.splits["train"], image_set_bias(arguments, seed), arguments.train_per_class)
     test = source.splits["test"]
     if arguments.test_per_class:
         test = test.select(class_balanced_subset(test.labels, test.num_classes, arguments.test_per_class,
@@ -70,6 +73,10 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--noise-rate", type=float, default=0.4)
     add_run_arguments(parser, "prepared_small.yaml", ["ce", "balanced_ce", "curvenet"])
     arguments = parser.parse_args(argv)
+    try:
+        image_set_bias(arguments, 0).validate()
+    except ConfigError as error:
+        parser.error(str(error).replace("bias.", "--").replace("_", "-"))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(arguments.run_dir or scratch).resolve()
         runs, train_samples = [], []
