@@ -49,14 +49,18 @@ def prepare_image_set(folder: Path, arguments: argparse.Namespace, seed: int) ->
                                                  np.random.default_rng(0)))
     folder.mkdir(parents=True, exist_ok=True)
     write_list(folder / "train.txt", split.train, with_true_labels=True)
-    write_list(folder / "meta.txt", split.carved_meta, with_true_labels=False)
     write_list(folder / "test.txt", test, with_true_labels=False)
+    # Without a meta list (--meta-per-class 0) a run needs meta.source=lowest_loss, as a user's would.
+    meta_list = []
+    if len(split.carved_meta):
+        write_list(folder / "meta.txt", split.carved_meta, with_true_labels=False)
+        meta_list = ["--meta-list", str(folder / "meta.txt")]
     print(f"seed {seed}: {len(split.train)} training images ({arguments.source}, per class "
           f"{np.bincount(split.train.labels, minlength=split.train.num_classes).tolist()}), "
           f"{np.mean(split.train.labels != split.train.true_labels):.3f} mislabeled", flush=True)
     subprocess.run([sys.executable, "-m", "data_prep", "image-folder", "--images", str(source.folder),
-                    "--train-list", str(folder / "train.txt"), "--meta-list", str(folder / "meta.txt"),
-                    "--test-list", str(folder / "test.txt"), "--out", str(prepared)],
+                    "--train-list", str(folder / "train.txt"), *meta_list, "--test-list", str(folder / "test.txt"),
+                    "--out", str(prepared)],
                    check=True, stdout=subprocess.DEVNULL)
     return prepared
 
