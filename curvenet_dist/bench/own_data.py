@@ -20,7 +20,7 @@ from curvenet_dist.bench.methods import add_run_arguments, run_seed, summarize
 from curvenet_dist.config import BiasConfig, ConfigError
 from curvenet_dist.data.bias import apply_bias, class_balanced_subset
 from curvenet_dist.data.embedded import digits_dataset, fashion_mnist_dataset
-from curvenet_dist.data.sample_table import PreparedDataset, SampleTable
+from curvenet_dist.data.sample_table import SampleTable
 
 
 def write_list(path: Path, table: SampleTable, with_true_labels: bool) -> None:
@@ -83,17 +83,17 @@ def main(argv: list[str]) -> dict:
         parser.error(str(error).replace("bias.", "--").replace("_", "-"))
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(arguments.run_dir or scratch).resolve()
-        runs, train_samples = [], []
+        runs = []
         for seed in arguments.seeds:
             prepared = prepare_image_set(root / f"seed{seed}" / "images", arguments, seed)
             base = ["--config", arguments.config, f"data.path={prepared}", *arguments.overrides, f"run.seed={seed}",
                     "tracking.enabled=false"]
             runs.append(run_seed(root, seed, base, arguments.methods, arguments.nproc))
-            train_samples.append(len(PreparedDataset.read(prepared).splits["train"]))
     summary = {"seeds": arguments.seeds, "world_size": arguments.nproc, "config": arguments.config,
                "overrides": arguments.overrides,
                "image_set": {key: getattr(arguments, key) for key in (
                    "source", "train_per_class", "test_per_class", "meta_per_class", "imbalance_factor", "noise_type",
                    "noise_rate")},
-               "train_samples": train_samples}
+               # Every allocate run reports the size of the training set it read.
+               "train_samples": [next(iter(results.values()))["num_samples"] for results, _ in runs]}
     return summarize(runs, summary)
