@@ -153,6 +153,12 @@ class ModelConfig:
     def validate(self) -> None:
         _choice("model.name", self.name, ("cifar_resnet", "resnet50"))
         _choice("model.amp", self.amp, ("bf16", "off"))
+        if self.name == "cifar_resnet":
+            # Checked here too, so a bad depth stops before any data is read.
+            if (self.depth - 2) % 6 != 0 or self.depth < 8:
+                raise ConfigError(f"model.depth={self.depth}: a CIFAR ResNet has depth 6n+2 (8, 14, 20, 32, 44, 56, "
+                                  "110)")
+            _positive("model.width", self.width)
 
 
 @dataclass

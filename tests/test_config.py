@@ -24,6 +24,8 @@ def test_yaml_then_overrides_are_typed_and_applied_in_order():
     ("data=3", "data is a section"),
     ("no_equals_sign", "must look like key.sub=value"),
     ("optim.momentum=0", "optim.nesterov=true needs optim.momentum > 0"),
+    ("model.depth=7", "model.depth=7: a CIFAR ResNet has depth 6n"),
+    ("model.width=0", "model.width=0 must be > 0"),
 ])
 def test_bad_keys_and_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=".*" + message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
