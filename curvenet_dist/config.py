@@ -135,6 +135,13 @@ class BiasConfig:
         return f"{', '.join(parts)} (seed {self.seed})" if parts else "none"
 
 
+def check_cifar_resnet_depth(depth: int) -> None:
+    """The one rule for a CIFAR ResNet's depth: checked when a config is validated (before any data is read) and
+    by the model builder."""
+    if (depth - 2) % 6 != 0 or depth < 8:
+        raise ConfigError(f"model.depth={depth}: a CIFAR ResNet has depth 6n+2 (8, 14, 20, 32, 44, 56, 110)")
+
+
 @dataclass
 class ModelConfig:
     name: str = "cifar_resnet"
@@ -154,10 +161,7 @@ class ModelConfig:
         _choice("model.name", self.name, ("cifar_resnet", "resnet50"))
         _choice("model.amp", self.amp, ("bf16", "off"))
         if self.name == "cifar_resnet":
-            # Checked here too, so a bad depth stops before any data is read.
-            if (self.depth - 2) % 6 != 0 or self.depth < 8:
-                raise ConfigError(f"model.depth={self.depth}: a CIFAR ResNet has depth 6n+2 (8, 14, 20, 32, 44, 56, "
-                                  "110)")
+            check_cifar_resnet_depth(self.depth)
             _positive("model.width", self.width)
 
 

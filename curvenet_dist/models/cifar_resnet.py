@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from curvenet_dist.config import check_cifar_resnet_depth
 from curvenet_dist.models.staged import ClassifierHead, StagedNet
 
 
@@ -33,8 +34,7 @@ class BasicBlock(nn.Module):
 
 
 def cifar_resnet(depth: int, num_classes: int, width: int = 16) -> StagedNet:
-    if (depth - 2) % 6 != 0 or depth < 8:
-        raise ValueError(f"model.depth={depth}: a CIFAR ResNet has depth 6n+2 (8, 14, 20, 32, 44, 56, 110)")
+    check_cifar_resnet_depth(depth)
     blocks_per_stage = (depth - 2) // 6
     stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
     stages, channels = [], width
