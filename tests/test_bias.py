@@ -34,6 +34,25 @@ def test_noise_rate_is_exact_per_class(noise_type):
             assert len(targets) == (1 if noise_type == "flip" else 2)
 
 
+def test_pair_noise_lands_the_rate_of_each_class_in_the_next_class_of_one_cycle():
+    rng = np.random.default_rng(0)
+    true = np.repeat(np.arange(10), 200)
+    given = corrupt_labels(true, 10, "pair", 0.3, rng)
+    next_class = {}
+    for c in range(10):
+        wrong = given[(true == c) & (given != c)]
+        assert len(wrong) == 60
+        assert len(np.unique(wrong)) == 1
+        next_class[c] = int(wrong[0])
+    # One cycle through all classes: every class receives the errors of exactly one other.
+    assert sorted(next_class.values()) == list(range(10))
+    c, seen = 0, set()
+    while c not in seen:
+        seen.add(c)
+        c = next_class[c]
+    assert len(seen) == 10
+
+
 def test_apply_bias_carves_clean_meta_then_tail_then_noise():
     table = balanced_table(100, 10)
     config = BiasConfig(meta_per_class=10, imbalance_factor=10, noise_type="flip2", noise_rate=0.2, seed=3)

@@ -50,7 +50,14 @@ def class_balanced_subset(labels: np.ndarray, num_classes: int, per_class: int,
 
 
 def noise_targets(num_classes: int, noise_type: str, rng: np.random.Generator) -> np.ndarray:
-    """For `flip` and `flip2`: each class's fixed other classes its labels flip to, shape [C, 1 or 2]."""
+    """For `flip` and `flip2`: each class's fixed other classes its labels flip to, shape [C, 1 or 2]. For
+    `pair`: the next class in a seeded cycle through all classes, so each class receives the errors of exactly
+    one other, in an order unrelated to the long tail's (a head class's errors can swamp a small class)."""
+    if noise_type == "pair":
+        cycle = rng.permutation(num_classes)
+        targets = np.empty((num_classes, 1), np.int64)
+        targets[cycle, 0] = np.roll(cycle, -1)
+        return targets
     width = 1 if noise_type == "flip" else 2
     targets = np.zeros((num_classes, width), np.int64)
     for c in range(num_classes):
@@ -63,7 +70,7 @@ def corrupt_labels(true_labels: np.ndarray, num_classes: int, noise_type: str, r
                    rng: np.random.Generator) -> np.ndarray:
     """Given labels: in every class exactly round(rate * n_c) samples are corrupted. `uniform` draws any class,
     the true one included (so the effective rate is rate * (C-1)/C); `flip` sends them to one other class;
-    `flip2` sends half to each of two other classes. `proportional` (the CurveNet reference code's model) instead
+    `pair` to the next class of one cycle through all classes; `flip2` sends half to each of two other classes. `proportional` (the CurveNet reference code's model) instead
     redraws each label with probability `rate`, the new class drawn in proportion to the class sizes (the true
     one included): every *given*-label class then holds about rate * (1 - n_c/N) mislabeled samples, where
     exact-count flip2 on a long tail can leave a tail given-label class mostly mislabeled."""
@@ -81,7 +88,7 @@ def corrupt_labels(true_labels: np.ndarray, num_classes: int, noise_type: str, r
         chosen = rng.permutation(rows)[: round(rate * len(rows))]
         if noise_type == "uniform":
             labels[chosen] = rng.integers(0, num_classes, len(chosen))
-        elif noise_type == "flip":
+        elif noise_type in ("flip", "pair"):
             labels[chosen] = targets[c, 0]
         else:
             half = len(chosen) // 2
