@@ -6,7 +6,9 @@ what differs. Unknown keys and bad values stop with a message naming the dotted 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,19 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _fraction(key: str, value: float, *, low_open: bool, high_open: bool) -> None:
+    """`value` in [0, 1] with each end open or closed as given."""
+    if value < 0 or value > 1 or (low_open and value == 0) or (high_open and value == 1):
+        raise ConfigError(f"{key}={value} must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+
+
+def _layer_sizes(key: str, sizes: list[int], allow_empty: bool) -> None:
+    if not sizes and not allow_empty:
+        raise ConfigError(f"{key}=[] must list at least one layer size")
+    for i, size in enumerate(sizes):
+        _positive(f"{key}[{i}]", size)
+
+
 @dataclass
 class RunConfig:
     dir: str = "runs/default"
@@ -39,6 +54,9 @@ class RunConfig:
     """How many of the newest epoch checkpoints to keep."""
 
     def validate(self) -> None:
+        if not self.dir:
+            raise ConfigError("run.dir must name the run folder")
+        _positive("run.seed", self.seed, allow_zero=True)
         _choice("run.device", self.device, ("auto", "cpu", "cuda"))
         _positive("run.keep_checkpoints", self.keep_checkpoints)
 
@@ -90,11 +108,12 @@ class DataConfig:
         _positive("data.num_workers", self.num_workers, allow_zero=True)
         _positive("data.train_per_class", self.train_per_class, allow_zero=True)
         _positive("data.test_per_class", self.test_per_class, allow_zero=True)
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"data.test_fraction={self.test_fraction} must be in (0, 1)")
+        _fraction("data.test_fraction", self.test_fraction, low_open=True, high_open=True)
         for key in ("mean", "std"):
             if len(getattr(self, key)) != 3:
                 raise ConfigError(f"data.{key} must list 3 values (R, G, B)")
+        for i, std in enumerate(self.std):
+            _positive(f"data.std[{i}]", std)
 
 
 @dataclass
@@ -121,8 +140,8 @@ class BiasConfig:
         _positive("bias.meta_per_class", self.meta_per_class, allow_zero=True)
         if self.imbalance_factor < 1:
             raise ConfigError(f"bias.imbalance_factor={self.imbalance_factor} must be >= 1")
-        if not 0 <= self.noise_rate < 1:
-            raise ConfigError(f"bias.noise_rate={self.noise_rate} must be in [0, 1)")
+        _fraction("bias.noise_rate", self.noise_rate, low_open=False, high_open=True)
+        _positive("bias.seed", self.seed, allow_zero=True)
 
     def describe(self) -> str:
         """The bias in words, e.g. 'meta carve-out 10/class, long tail x10, flip2 noise 40% (seed 0)', or 'none'."""
@@ -182,8 +201,7 @@ class OptimConfig:
     def validate(self) -> None:
         _positive("optim.lr", self.lr)
         _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"optim.momentum={self.momentum} must be in [0, 1)")
+        _fraction("optim.momentum", self.momentum, low_open=False, high_open=True)
         if self.nesterov and self.momentum == 0:
             raise ConfigError("optim.nesterov=true needs optim.momentum > 0; set optim.nesterov=false for plain SGD")
 
@@ -214,8 +232,7 @@ class ProbeConfig:
         _choice("probe.schedule", self.schedule, ("square", "triangular"))
         _positive("probe.epochs", self.epochs)
         _positive("probe.cycle_epochs", self.cycle_epochs)
-        if not 0 <= self.warm_fraction <= 1:
-            raise ConfigError(f"probe.warm_fraction={self.warm_fraction} must be in [0, 1]")
+        _fraction("probe.warm_fraction", self.warm_fraction, low_open=False, high_open=False)
         if not 0 < self.low_lr <= self.high_lr:
             raise ConfigError(f"probe.low_lr={self.low_lr} must be > 0 and <= probe.high_lr={self.high_lr}")
 
@@ -237,7 +254,9 @@ class AllocateConfig:
     def validate(self) -> None:
         _positive("allocate.epochs", self.epochs)
         _positive("allocate.warmup_epochs", self.warmup_epochs, allow_zero=True)
-        if sorted(self.milestones) != list(self.milestones) or any(m <= 0 for m in self.milestones):
+        _fraction("allocate.gamma", self.gamma, low_open=True, high_open=False)
+        increasing = all(a < b for a, b in zip(self.milestones, self.milestones[1:]))
+        if not increasing or any(m <= 0 for m in self.milestones):
             raise ConfigError(f"allocate.milestones={self.milestones} must be increasing positive epochs")
         if self.milestones and self.warmup_epochs > self.milestones[0]:
             raise ConfigError(f"allocate.warmup_epochs={self.warmup_epochs} must end by the first of "
@@ -263,6 +282,10 @@ class CurveNetConfig:
     def validate(self) -> None:
         _positive("curvenet.skip_epochs", self.skip_epochs, allow_zero=True)
         _positive("curvenet.embedding_dim", self.embedding_dim)
+        _layer_sizes("curvenet.curve_hidden", self.curve_hidden, allow_empty=True)
+        # The head's last hidden layer feeds the output layer, so the head needs one.
+        _layer_sizes("curvenet.head_hidden", self.head_hidden, allow_empty=False)
+        _positive("curvenet.mwnet_hidden", self.mwnet_hidden)
 
 
 # Methods with fixed weights: no weighting net, no meta set.
@@ -310,6 +333,7 @@ class MetaConfig:
         _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch") + FIXED_INPUT_SCALES)
         for key in ("lr", "interval", "batch_size", "per_class", "scale_samples"):
             _positive(f"meta.{key}", getattr(self, key))
+        _positive("meta.weight_decay", self.weight_decay, allow_zero=True)
 
 
 @dataclass
@@ -375,6 +399,10 @@ class TrackingConfig:
     enabled: bool = True
     """Log to MLflow (rank 0 only)."""
 
+    def validate(self) -> None:
+        if self.enabled and not self.experiment:
+            raise ConfigError("tracking.experiment must name the MLflow experiment when tracking.enabled=true")
+
 
 @dataclass
 class Config:
@@ -397,6 +425,9 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
+        for key, value in _float_values(self, ""):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}={value} must be a finite number")
         _choice("method", self.method, ("curvenet", "mwnet", "dynamic_loss") + PLAIN_METHODS)
         if self.method == "dynamic_loss":
             if self.meta.source not in HIERARCHICAL_SOURCES:
@@ -446,6 +477,20 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def _float_values(section: object, prefix: str) -> Iterator[tuple[str, float]]:
+    """(dotted key, value) for every float field, and every item of a list of floats, of `section` and its
+    subsections."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        key, value = f"{prefix}{f.name}", getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_values(value, f"{key}.")
+        elif hints[f.name] is float:
+            yield key, value
+        elif hints[f.name] == list[float]:
+            yield from ((f"{key}[{i}]", item) for i, item in enumerate(value))
+
+
 def _coerce(key: str, value: object, annotation: object) -> object:
     origin = typing.get_origin(annotation)
     if origin is list:
@@ -462,9 +507,13 @@ def _coerce(key: str, value: object, annotation: object) -> object:
             raise ConfigError(f"{key}={value!r} must be an integer")
         return value
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # A string too: YAML 1.1 reads an exponent without a dot (1e-3) as one.
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ConfigError(f"{key}={value!r} must be a number")
-        return float(value)
+        try:
+            return float(value)
+        except (ValueError, OverflowError):
+            raise ConfigError(f"{key}={value!r} must be a number") from None
     if annotation is str:
         if value is None:
             return ""
@@ -490,12 +539,40 @@ def _apply(target: object, values: dict, prefix: str, source: str) -> None:
             setattr(target, key, _coerce(f"{source}: {dotted}", value, hints[key]))
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What yaml found wrong, on one line (its own message spans several)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error)
+    return " ".join(problem.split())
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte offset {error.start}: {error.reason}); "
+                          "save it as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(error)}") from None
+
+
 def parse_override(text: str) -> dict:
     """`a.b=value` -> {'a': {'b': value}}, the value parsed as YAML (so 3, 0.1, true, [1,2] are typed)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     dotted, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"command line: {dotted}={raw!r} is not valid YAML: {_yaml_problem(error)}") from None
     nested: dict = value
     for part in reversed(dotted.strip().split(".")):
         nested = {part: nested}
@@ -509,10 +586,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        values = _read_yaml(path) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         _apply(config, values, "", str(path))

@@ -1,7 +1,9 @@
+import re
+
 import pytest
 import yaml
 
-from curvenet_dist.config import ConfigError, load_config
+from curvenet_dist.config import Config, ConfigError, load_config
 from curvenet_dist.engine.lr_schedule import step_lr
 from tests.conftest import QUICKSTART
 
@@ -69,3 +71,76 @@ def test_the_allocate_warmup_ramps_the_lr_up_then_hands_over_to_the_step_schedul
 def test_a_warmup_that_outlasts_the_first_decay_is_refused():
     with pytest.raises(ConfigError, match=r"allocate.warmup_epochs=7 must end by the first of allocate.milestones=\[6, 8\]"):
         load_config(QUICKSTART, ["allocate.warmup_epochs=7", "allocate.milestones=[6,8]"])
+
+
+FLOAT_KEYS = [key for key, value in Config().flat().items() if isinstance(value, float)]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS + ["data.mean", "data.std"])
+@pytest.mark.parametrize("value, shown", [(".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf")])
+def test_a_value_that_is_not_finite_is_refused_naming_its_key(key, value, shown):
+    # A NaN learning rate used to train every epoch on NaN losses and exit 0.
+    override, named = (f"{key}=[0.5,{value},0.5]", f"{key}[1]") if key in ("data.mean", "data.std") else (
+        f"{key}={value}", key)
+    with pytest.raises(ConfigError, match=re.escape(f"{named}={shown} must be a finite number")):
+        load_config(QUICKSTART, [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("allocate.gamma=-5", "allocate.gamma=-5.0 must be in (0, 1]"),
+    ("allocate.gamma=0", "allocate.gamma=0.0 must be in (0, 1]"),
+    ("allocate.gamma=1.5", "allocate.gamma=1.5 must be in (0, 1]"),
+    ("allocate.milestones=[5,5]", "allocate.milestones=[5, 5] must be increasing positive epochs"),
+    ("curvenet.curve_hidden=[128,0]", "curvenet.curve_hidden[1]=0 must be > 0"),
+    ("curvenet.head_hidden=[]", "curvenet.head_hidden=[] must list at least one layer size"),
+    ("curvenet.mwnet_hidden=0", "curvenet.mwnet_hidden=0 must be > 0"),
+    ("data.std=[0.5,0,0.5]", "data.std[1]=0.0 must be > 0"),
+    ("meta.weight_decay=-0.1", "meta.weight_decay=-0.1 must be >= 0"),
+    ("run.seed=-1", "run.seed=-1 must be >= 0"),
+    ("bias.seed=-1", "bias.seed=-1 must be >= 0"),
+    ("run.dir=", "run.dir must name the run folder"),
+    ("tracking.experiment=", "tracking.experiment must name the MLflow experiment"),
+])
+def test_a_value_out_of_its_range_is_refused_naming_its_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(QUICKSTART, [override])
+
+
+def test_an_exponent_without_a_dot_is_a_number_for_a_float_key_only(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string.
+    assert load_config(QUICKSTART, ["optim.lr=1e-3"]).optim.lr == 0.001
+    path = tmp_path / "x.yaml"
+    path.write_text("meta:\n  lr: 5e-4\n")
+    assert load_config(path).meta.lr == 0.0005
+    with pytest.raises(ConfigError, match=re.escape("optim.lr='fast' must be a number")):
+        load_config(QUICKSTART, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match=re.escape("data.batch_size='1e3' must be an integer")):
+        load_config(QUICKSTART, ["data.batch_size=1e3"])
+
+
+@pytest.mark.parametrize("text, location, problem", [
+    ("optim:\n  lr: 0.1\n  momentum: 0.9\n data: 3\n", "4:2", "expected <block end>, but found '<block mapping start>'"),
+    ("optim:\n  lr: 0.1\n  momentum: [0.9\n", "4:1", "expected ',' or ']', but got '<stream end>'"),
+])
+def test_a_yaml_error_is_one_line_naming_file_line_and_column(tmp_path, text, location, problem):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}:{location}: not valid YAML: {problem}"
+
+
+def test_an_override_that_is_not_yaml_is_one_line():
+    with pytest.raises(ConfigError) as error:
+        load_config(QUICKSTART, ["data.mean=[1,2"])
+    assert str(error.value) == ("command line: data.mean='[1,2' is not valid YAML: expected ',' or ']', "
+                                "but got '<stream end>'")
+
+
+def test_a_config_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_bytes(b"run:\n  dir: runs/caf\xe9\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (f"{path}:2: not UTF-8 text (byte offset 20: invalid continuation byte); "
+                                "save it as UTF-8")
