@@ -3,7 +3,9 @@
 A check decodes each image once in-process with Pillow, in a pool of worker threads (Pillow's decoders release
 the GIL). What Pillow cannot decode (a format it lacks, or a damaged file) goes to ffmpeg (`ffmpeg -err_detect
 explode -i IMAGE -f null -`), which has the last word: undecodable, empty or missing images go to the dataset's
-`quarantine.csv` (split, path, reason) and the split CSVs are rewritten without them. With re-encoding, every
+`quarantine.csv` (split, path, reason) and the split CSVs are rewritten without them. So do images Pillow refuses
+as decompression bombs (over twice `Image.MAX_IMAGE_PIXELS`): the torch loader, which decodes with Pillow, would
+stop at them. With re-encoding, every
 good image is written by ffmpeg as a JPEG with its short side at 256 pixels under a new image root and
 `dataset.yaml` points there, so training decodes small files.
 
@@ -121,14 +123,23 @@ def _unreadable_reason(image: Path) -> str | None:
     return None
 
 
-def pillow_decodes(image: Path) -> bool:
-    """Whether Pillow decodes every pixel of the image (a truncated file fails: Pillow's default)."""
+def pillow_failure(image: Path, header_only: bool = False) -> Exception | None:
+    """Pillow's error opening the image (reading its header only) or decoding every pixel (a truncated file fails:
+    Pillow's default), or None."""
     try:
         with Image.open(image) as opened:
-            opened.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return False
-    return True
+            if not header_only:
+                opened.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return error
+    return None
+
+
+def _too_many_pixels(failure: Exception | None) -> str | None:
+    # ffmpeg would decode such an image, but the torch loader decodes with Pillow, which refuses it: quarantined.
+    if isinstance(failure, Image.DecompressionBombError):
+        return f"too many pixels: {failure}"
+    return None
 
 
 def decode_check(ffmpeg_exe: str, image: Path) -> str | None:
@@ -136,14 +147,15 @@ def decode_check(ffmpeg_exe: str, image: Path) -> str | None:
     reason = _unreadable_reason(image)
     if reason is not None:
         return reason
-    if pillow_decodes(image):
+    failure = pillow_failure(image)
+    if failure is None:
         return None
-    return _run_ffmpeg(_input(image).output("-", format="null"), ffmpeg_exe, image)
+    return _too_many_pixels(failure) or _run_ffmpeg(_input(image).output("-", format="null"), ffmpeg_exe, image)
 
 
 def reencode(ffmpeg_exe: str, image: Path, target: Path) -> str | None:
     """Decode `image` and write it to `target` as a JPEG with its short side at 256; None, or why not."""
-    reason = _unreadable_reason(image)
+    reason = _unreadable_reason(image) or _too_many_pixels(pillow_failure(image, header_only=True))
     if reason is not None:
         return reason
     target.parent.mkdir(parents=True, exist_ok=True)

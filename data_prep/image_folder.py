@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from curvenet_dist.data.sample_table import SPLITS, UNKNOWN, DataError, PreparedDataset, SampleTable
+from curvenet_dist.data.sample_table import LEAVES_IMAGE_ROOT, SPLITS, UNKNOWN, DataError, PreparedDataset, SampleTable
 from data_prep.image_check import QuarantinedImage, clear_progress, write_quarantine
 
 QUIRKS_FILE = "quirks.txt"
@@ -84,9 +84,19 @@ def check_label(label: int, num_classes: int | None, source: str, name: str = "l
 def relative_image_path(text: str, source: str) -> str:
     """A list entry's path, normalised; an absolute path or one leaving the image root is an error."""
     path = PurePosixPath(text.strip())
-    if path.is_absolute() or ".." in path.parts:
+    if re.search(LEAVES_IMAGE_ROOT, str(path)):
         raise DataError(f"{source}: image path {text!r} must be relative to the image folder, without '..'")
     return str(path)
+
+
+def utf8_text(list_file: Path) -> str:
+    data = list_file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{list_file}:{line}: not UTF-8 text (byte offset {error.start}: {error.reason}); "
+                        "save it as UTF-8") from None
 
 
 def numbered_lines(list_file: Path) -> list[tuple[int, str]]:
@@ -94,7 +104,7 @@ def numbered_lines(list_file: Path) -> list[tuple[int, str]]:
     if not list_file.is_file():
         raise DataError(f"{list_file}: list file not found")
     lines = []
-    for line_number, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for line_number, line in enumerate(utf8_text(list_file).splitlines(), start=1):
         text = _COMMENT.sub("", line).strip()
         if text:
             lines.append((line_number, text))

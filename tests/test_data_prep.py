@@ -358,11 +358,90 @@ def test_the_check_benchmark_times_a_real_check_and_its_ffmpeg_fallback() -> Non
 
 
 def test_images_pillow_decodes_are_good_and_damaged_ones_still_go_to_ffmpeg(tmp_path: Path) -> None:
-    from data_prep.image_check import decode_check, find_ffmpeg, pillow_decodes
+    from data_prep.image_check import decode_check, find_ffmpeg, pillow_failure
 
     Image.new("RGB", (40, 30), (10, 200, 30)).save(tmp_path / "good.jpg", quality=90)
     data = (tmp_path / "good.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    assert pillow_decodes(tmp_path / "good.jpg") and not pillow_decodes(tmp_path / "cut.jpg")
+    assert pillow_failure(tmp_path / "good.jpg") is None and pillow_failure(tmp_path / "cut.jpg") is not None
     assert decode_check(find_ffmpeg(), tmp_path / "good.jpg") is None
     assert decode_check(find_ffmpeg(), tmp_path / "cut.jpg").startswith("undecodable: ")
+
+
+@pytest.mark.parametrize("list_name", ["train.txt", "classes.txt"])
+def test_a_list_file_that_is_not_utf8_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     list_name: str) -> None:
+    root = build_image_folder(tmp_path / "folder", train_per_class=1, val_per_class=0)
+    lines = (root / list_name).read_bytes().splitlines(keepends=True)
+    (root / list_name).write_bytes(b"".join(lines[:2]) + b"# caf\xe9\n" + b"".join(lines[2:]))
+    code, _, err = run_image_folder(capsys, root, tmp_path / "prepared", "--classes", root / "classes.txt")
+    assert code == 2
+    offset = len(b"".join(lines[:2])) + len(b"# caf")
+    assert err == (f"error: {root / list_name}:3: not UTF-8 text (byte offset {offset}: invalid continuation byte); "
+                   "save it as UTF-8\n")
+
+
+@pytest.fixture(scope="module")
+def bomb_png(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A 15000x15000 1-bit PNG: 27 KB on disk, more pixels than Pillow will open (twice Image.MAX_IMAGE_PIXELS)."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (15000, 15000)).save(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("check_option", ["--check", "--reencode"])
+def test_an_image_pillow_refuses_as_a_bomb_is_quarantined_by_the_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture, bomb_png: bytes, check_option: str
+) -> None:
+    # ffmpeg decodes it, so it used to pass the check; the torch loader decodes with Pillow and stopped at it.
+    root = build_image_folder(tmp_path / "folder", train_per_class=2, val_per_class=0)
+    (root / "images" / "class_1" / "0.png").write_bytes(bomb_png)
+    out_folder = tmp_path / "prepared"
+    code, out, _ = run_image_folder(capsys, root, out_folder, "--classes", root / "classes.txt", check_option)
+    assert code == 0
+    [(split, path, reason)] = read_rows(out_folder / "quarantine.csv")
+    assert (split, path) == ("train", "class_1/0.png")
+    assert reason.startswith("too many pixels: Image size (225000000 pixels) exceeds limit of 178956970 pixels")
+    assert "quarantined: 1" in out
+    train = PreparedDataset.read(out_folder).splits["train"]
+    assert len(train) == 5 and not any(path.startswith("class_1/0.") for path in train.paths)
+    assert not (out_folder / "images_256" / "class_1" / "0.jpg").exists()
+
+
+def test_the_torch_loader_stops_at_a_bomb_with_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture, bomb_png: bytes
+) -> None:
+    from curvenet_dist.data.sample_table import DataError
+    from curvenet_dist.data.torch_loader import build_torch_loader
+
+    root = build_image_folder(tmp_path / "folder", train_per_class=1, val_per_class=0)
+    (root / "images" / "class_1" / "0.png").write_bytes(bomb_png)
+    assert run_image_folder(capsys, root, tmp_path / "prepared", "--classes", root / "classes.txt")[0] == 0
+    train = PreparedDataset.read(tmp_path / "prepared").splits["train"]
+    loader = build_torch_loader(train, train=False, batch_size=3, image_size=8, mean=[0.5] * 3, std=[0.5] * 3,
+                                augment="none", rank=0, world_size=1, seed=0, num_threads=0, device_id=None)
+    with pytest.raises(DataError, match=r"1 of 3 images cannot be read: sample 1 .*class_1/0\.png: Image size "
+                                        r"\(225000000 pixels\) exceeds limit"):
+        list(loader)
+
+
+@pytest.mark.parametrize("outside", ["../../x/secret.png", "ABSOLUTE"])
+def test_a_prepared_csv_path_outside_the_image_root_is_refused_and_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture, outside: str
+) -> None:
+    root = build_image_folder(tmp_path / "folder", train_per_class=1, val_per_class=0)
+    out_folder = tmp_path / "prepared"
+    assert run_image_folder(capsys, root, out_folder, "--classes", root / "classes.txt")[0] == 0
+    secret = tmp_path / "x" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes((root / "images" / "class_0" / "0.png").read_bytes())
+    if outside == "ABSOLUTE":
+        outside = str(secret)
+    # The re-encoded copy would land at images_256/<path>.jpg: for ../../x/secret.png, beside the secret itself.
+    edit_line(out_folder / "train.csv", 3, f"{outside},1,-1")
+    before = sorted(tmp_path.rglob("*"))
+    code, _, err = run_cli(capsys, "check", "--dataset", out_folder, "--reencode")
+    assert code == 2
+    assert err == (f"error: {out_folder / 'train.csv'}:3: image path {outside!r} must be relative to the image root, "
+                   "without '..'\n")
+    assert sorted(tmp_path.rglob("*")) == before

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow
+import pyarrow.compute as pyarrow_compute
 import yaml
 from pyarrow import csv as pyarrow_csv
 
 SPLITS = ("train", "meta", "val", "test")
 COLUMN_TYPES = {"path": pyarrow.string(), "label": pyarrow.int64(), "true_label": pyarrow.int64()}
 UNKNOWN = -1
+LEAVES_IMAGE_ROOT = r"^/|(^|/)\.\.(/|$)"
+"""A sample path that is absolute or holds a '..': refused, so no image is read or written outside its root."""
 
 
 class DataError(ValueError):
@@ -109,6 +112,10 @@ class SampleTable:
         paths = table.column("path").to_pylist() if table.column_names == list(COLUMN_TYPES) else []
         if table.column_names != list(COLUMN_TYPES) or not all(paths):
             raise _bad_line(path)
+        outside = pyarrow_compute.match_substring_regex(table.column("path"), LEAVES_IMAGE_ROOT).to_numpy()
+        for bad in np.flatnonzero(outside)[:1]:
+            raise DataError(f"{path}:{bad + 2}: image path {paths[bad]!r} must be relative to the image root, "
+                            "without '..'")
         labels, true_labels = (table.column(name).to_numpy().astype(np.int64) for name in ("label", "true_label"))
         for name, values, low in (("label", labels, 0), ("true_label", true_labels, UNKNOWN)):
             for bad in np.flatnonzero((values < low) | (values >= num_classes))[:1]:

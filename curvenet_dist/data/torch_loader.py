@@ -44,7 +44,7 @@ class SampleTableDataset(Dataset):
         path = self.table.image_path(sample_id)
         try:
             rgb = read_rgb(path)
-        except (OSError, UnidentifiedImageError) as error:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise UnreadableImage(f"sample {sample_id}: cannot read image {path}: {error}") from None
         return self._transform(rgb, sample_id), int(self.table.labels[sample_id]), sample_id
 

@@ -21,7 +21,8 @@ class UnreadableImage(DataError):
 
 
 def read_rgb(path) -> Image.Image:
-    """The image at `path` decoded to RGB, or UnreadableImage's cause (OSError, UnidentifiedImageError)."""
+    """The image at `path` decoded to RGB, or UnreadableImage's cause (OSError, UnidentifiedImageError, or
+    Image.DecompressionBombError past Pillow's pixel limit, which `python -m data_prep check` quarantines)."""
     with Image.open(path) as image:
         return image.convert("RGB")
 
