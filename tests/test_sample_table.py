@@ -52,3 +52,16 @@ def test_paths_that_look_like_missing_values_or_hold_commas_are_kept(tmp_path):
     SampleTable(tmp_path, paths, labels, labels, 2).write_csv(tmp_path / "train.csv")
     read = SampleTable.read_csv(tmp_path / "train.csv", tmp_path, 2)
     assert read.paths == paths and read.labels.tolist() == labels.tolist()
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("train.csv", b"path,label,true_label\na.png,0,0\ncaf\xe9.png,1,1\n", r"train.csv:3: not UTF-8 text \(byte offset 35"),
+    ("test.csv", b"path,label,true_label\na.png,0,\xff\n", r"test.csv:2: not UTF-8 text \(byte offset 30"),
+    ("classes.txt", b"cat\nd\xf6g\n", r"classes.txt:2: not UTF-8 text \(byte offset 5"),
+    ("dataset.yaml", b"# r\xe9sum\xe9\nimage_root: .\n", r"dataset.yaml:1: not UTF-8 text \(byte offset 3"),
+])
+def test_a_file_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path, file, content, message):
+    write_dataset(tmp_path, "a.png,0,0\n")
+    (tmp_path / file).write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        PreparedDataset.read(tmp_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,21 +126,31 @@ class SampleTable:
 
 def _bad_line(path: Path) -> DataError | None:
     """The first bad line of a sample-table CSV, as an error naming it (None if every line is good)."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header != ["path", "label", "true_label"]:
-            return DataError(f"{path}:1: expected the header 'path,label,true_label', found {header}")
-        for line_number, row in enumerate(reader, start=2):
-            if len(row) != 3:
-                return DataError(f"{path}:{line_number}: expected 3 fields (path,label,true_label), found {len(row)}")
-            if not row[0]:
-                return DataError(f"{path}:{line_number}: the path is empty")
-            try:
-                int(row[1]), int(row[2])
-            except ValueError:
-                return DataError(f"{path}:{line_number}: labels must be integers, found {row[1]!r}, {row[2]!r}")
+    reader = csv.reader(io.StringIO(utf8_text(path), newline=""))
+    header = next(reader, None)
+    if header != ["path", "label", "true_label"]:
+        return DataError(f"{path}:1: expected the header 'path,label,true_label', found {header}")
+    for line_number, row in enumerate(reader, start=2):
+        if len(row) != 3:
+            return DataError(f"{path}:{line_number}: expected 3 fields (path,label,true_label), found {len(row)}")
+        if not row[0]:
+            return DataError(f"{path}:{line_number}: the path is empty")
+        try:
+            int(row[1]), int(row[2])
+        except ValueError:
+            return DataError(f"{path}:{line_number}: labels must be integers, found {row[1]!r}, {row[2]!r}")
     return None
+
+
+def utf8_text(path: Path) -> str:
+    """The text of a file the dataset's tools read; bytes that are not UTF-8 are an error naming line and offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte offset {error.start}: {error.reason}); "
+                        "save it as UTF-8") from None
 
 
 @dataclass
@@ -169,11 +180,11 @@ class PreparedDataset:
         classes_file = folder / "classes.txt"
         if not classes_file.is_file():
             raise DataError(f"{classes_file}: missing; is {folder} a prepared dataset (see data_prep/)?")
-        class_names = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
+        class_names = [line.strip() for line in utf8_text(classes_file).splitlines() if line.strip()]
         image_root = folder
         info_file = folder / "dataset.yaml"
         if info_file.is_file():
-            info = yaml.safe_load(info_file.read_text()) or {}
+            info = yaml.safe_load(utf8_text(info_file)) or {}
             image_root = Path(info.get("image_root", folder))
         splits = {}
         for split in SPLITS:
