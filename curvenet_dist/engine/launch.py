@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from curvenet_dist.config import Config, ConfigError, load_config
+from curvenet_dist.engine.run_folder import check_run_dir, lock_run_folder_for_job
 
 TRAINERS = {"probe": "curvenet_dist.engine.probe:ProbeTrainer",
             "allocate": "curvenet_dist.engine.allocate:AllocateTrainer"}
@@ -39,17 +40,6 @@ def parse_config(argv: list[str], stage: str) -> Config:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, applied after the YAML")
     arguments = parser.parse_args(argv)
     return load_config(arguments.config, arguments.overrides)
-
-
-def check_run_dir(folder: Path) -> None:
-    """The run folder exists (made if need be) and a file can be written in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        # A real write, not os.access: root passes access checks on folders it cannot write (read-only mounts).
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise ConfigError(f"run.dir={folder}: cannot write there ({error.strerror or error})") from None
 
 
 def error_line(error: BaseException) -> str:
@@ -103,6 +93,8 @@ def run_stage(stage: str, argv: list[str]) -> None:
     context = None
     try:
         context = setup_distributed(config.run.device)
+        # Rank 0 holds the lock while the file stays open: until this process exits, however it exits.
+        run_folder_lock = lock_run_folder_for_job(Path(config.run.dir), context.is_main)  # noqa: F841
         trainer_class(config, context).run()
         status = 0
     except (ConfigError, DataError, CurveStoreError, CheckpointError) as error:
