@@ -160,3 +160,13 @@ def test_missing_tracking_uri_points_at_the_quickstart_store(monkeypatch, capsys
     assert capsys.readouterr().err.strip() == (
         "error: no tracking URI: pass --tracking-uri URI or set MLFLOW_TRACKING_URI "
         "(the quickstart's store is sqlite:///runs/quickstart/mlflow.db)")
+
+
+def test_a_damaged_store_is_one_error_line_naming_it(tmp_path, capsys):
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(os.urandom(4096))
+    with pytest.raises(SystemExit) as stop:
+        main(["--experiment", "quickstart", "--tracking-uri", f"sqlite:///{store}"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"error: the MLflow store sqlite:///{store} cannot be read: "
+                                       f"(sqlite3.DatabaseError) file is not a database\n")

@@ -41,6 +41,9 @@ import numpy as np  # noqa: E402
 from mlflow.entities import Run, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
+from curvenet_dist.tracking.mlflow_tracker import first_line, limit_http_requests  # noqa: E402
 
 QUICKSTART_TRACKING_URI = "sqlite:///runs/quickstart/mlflow.db"
 Value = str | float | None
@@ -244,11 +247,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 def compare(arguments: argparse.Namespace) -> None:
     uri = resolve_tracking_uri(arguments.tracking_uri)
-    # MLflow retries an unreachable server for about four minutes by default; a one-off query should fail fast.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    client = MlflowClient(tracking_uri=uri)
+    limit_http_requests()
     try:
+        client = MlflowClient(tracking_uri=uri)
         experiment_id = find_experiment_id(client, arguments.experiment, uri)
         filter_string = combined_filter(arguments.filter, arguments.stage)
         runs = search_runs(client, experiment_id, filter_string)
@@ -258,6 +259,8 @@ def compare(arguments: argparse.Namespace) -> None:
         rows = comparison_rows(client, runs)
     except MlflowException as error:
         raise ComparisonError(f"MLflow at {uri}: {error.message.strip().splitlines()[0]}") from None
+    except SQLAlchemyError as error:
+        raise ComparisonError(f"the MLflow store {uri} cannot be read: {first_line(error)}") from None
     if arguments.sort:
         rows = sort_rows(rows, arguments.sort, arguments.reverse)
     print(format_table(rows))
