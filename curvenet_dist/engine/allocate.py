@@ -459,9 +459,10 @@ class AllocateTrainer:
 
     def _resume(self) -> tuple[int, int, float]:
         """(epoch, batch, wall seconds so far) from the newest checkpoint."""
-        state = self.checkpointer.load_latest(map_location=self.context.device)
-        if state is None:
+        loaded = self.checkpointer.load_latest(self.progress.say, map_location=self.context.device)
+        if loaded is None:
             return 0, 0, 0.0
+        _, state = loaded
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.weighting_net is not None:

@@ -205,9 +205,10 @@ class ProbeTrainer:
 
     def _resume(self) -> tuple[int, int, dict | None, float]:
         """(epoch, batch, this rank's partial recordings, wall seconds so far) from the newest checkpoint."""
-        state = self.checkpointer.load_latest(map_location=self.context.device)
-        if state is None:
+        loaded = self.checkpointer.load_latest(self.progress.say, map_location=self.context.device)
+        if loaded is None:
             return 0, 0, None, 0.0
+        _, state = loaded
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         epoch, batch, partial = state["epoch"], state["batch"], state["partial"]
