@@ -1,5 +1,8 @@
+import shutil
+
 import numpy as np
 import pytest
+import zarr
 
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 
@@ -127,3 +130,88 @@ def test_a_probe_folder_the_features_cannot_be_saved_in_is_named(tmp_path):
     store.features_dir.write_text("a file where the features folder goes")
     with pytest.raises(CurveStoreError, match="cannot save the curve features beside .*c.zarr"):
         curve_features(store, 2, False)
+
+
+def flip_bytes(chunk_file):
+    data = bytearray(chunk_file.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 4])
+    chunk_file.write_bytes(bytes(data))
+
+
+def test_flipped_bytes_in_a_chunk_stop_every_reader_with_one_line(tmp_path):
+    from curvenet_dist.curves.features import class_normalized_curves, lowest_loss_rows
+
+    store = random_store(tmp_path / "c.zarr")
+    flip_bytes(tmp_path / "c.zarr" / "loss" / "c" / "0" / "3")
+    expected = (r"c.zarr: probe epochs \[4\] are damaged \(epoch 4: chunk loss/c/0/3 fails its checksum\); rerun the "
+                r"probe command, which records them again$")
+    for read in (lambda: lowest_loss_rows(store, 7), lambda: class_normalized_curves(store, 2, True)):
+        with pytest.raises(CurveStoreError, match=expected) as error:
+            read()
+        assert "\n" not in str(error.value)
+
+
+def test_a_missing_chunk_is_named_instead_of_read_as_nan(tmp_path):
+    from curvenet_dist.curves.features import curve_features, mean_probe_loss
+
+    store = random_store(tmp_path / "c.zarr")
+    (tmp_path / "c.zarr" / "loss" / "c" / "0" / "1").unlink()
+    (tmp_path / "c.zarr" / "loss" / "c" / "0" / "4").unlink()
+    expected = (r"probe epochs \[2, 5\] are damaged \(epoch 2: chunk loss/c/0/1 is missing; epoch 5: chunk loss/c/0/4 "
+                r"is missing\); rerun the probe command")
+    with pytest.raises(CurveStoreError, match=expected):
+        mean_probe_loss(store)
+    with pytest.raises(CurveStoreError, match=expected):
+        curve_features(store, 2, False)
+    assert store.complete_epochs().tolist() == list(range(6)), "reading marks nothing; the probe records them again"
+
+
+def test_saved_features_are_never_reused_for_other_content(tmp_path):
+    from curvenet_dist.curves.features import class_normalized_curves, curve_features
+
+    store = random_store(tmp_path / "c.zarr", seed=0)
+    curve_features(store, 2, True)
+    # Another recording of the same run copied over the store: same fingerprint, other losses.
+    random_store(tmp_path / "other.zarr", seed=1)
+    shutil.rmtree(tmp_path / "c.zarr")
+    shutil.copytree(tmp_path / "other.zarr", tmp_path / "c.zarr")
+    copied = CurveStore.open(tmp_path / "c.zarr", mode="r")
+    np.testing.assert_array_equal(curve_features(copied, 2, True), class_normalized_curves(copied, 2, True))
+    # A chunk lost after the features were saved: the saved features are not read in its place.
+    (tmp_path / "c.zarr" / "loss" / "c" / "0" / "5").unlink()
+    with pytest.raises(CurveStoreError, match=r"epoch 6: chunk loss/c/0/5 is missing"):
+        curve_features(copied, 2, True)
+
+
+def test_a_store_written_without_checksums_still_opens_and_is_checked(tmp_path):
+    """The layout of the stores written before each chunk carried a checksum: Zarr's default codecs."""
+    from curvenet_dist.curves.features import class_normalized_curves, lowest_loss_rows
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 500)
+    loss = rng.gamma(2.0, 1.0, (500, 4)).astype(np.float32)
+    group = zarr.open_group(str(tmp_path / "old.zarr"), mode="w", zarr_format=3)
+    group.create_array("loss", data=loss, chunks=(500, 1), fill_value=np.nan)
+    group.create_array("label", data=labels, chunks=(500,))
+    group.create_array("true_label", data=labels, chunks=(500,))
+    group.create_array("lr", data=np.full(4, 0.1, np.float32), fill_value=np.nan)
+    group.create_array("epoch_complete", data=np.ones(4, np.uint8), fill_value=0)
+    group.attrs.update({"fingerprint": "f", "dataset_fingerprint": "d", "num_samples": 500, "num_epochs": 4})
+
+    store = CurveStore.open(tmp_path / "old.zarr", mode="r")
+    np.testing.assert_allclose(class_normalized_curves(store, 1, False),
+                               reference_features(loss[:, 1:].astype(np.float64), labels, False), atol=1e-5)
+    (tmp_path / "old.zarr" / "loss" / "c" / "0" / "2").unlink()
+    with pytest.raises(CurveStoreError, match=r"probe epochs \[3\] are damaged \(epoch 3: chunk loss/c/0/2 is missing"):
+        lowest_loss_rows(store, 5)
+
+
+def test_a_damaged_label_or_epoch_list_is_named_in_one_line(tmp_path):
+    store = random_store(tmp_path / "c.zarr")
+    for array in ("epoch_complete", "label"):
+        flip_bytes(tmp_path / "c.zarr" / array / "c" / "0")
+    with pytest.raises(CurveStoreError, match=r"c.zarr: array epoch_complete is damaged \(a chunk fails its checksum\); "
+                                              r"move the store away and rerun the probe command"):
+        store.complete_epochs()
+    with pytest.raises(CurveStoreError, match=r"array label is damaged"):
+        store.labels

@@ -52,7 +52,7 @@ def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: 
 
     features = np.empty((store.num_samples, store.num_epochs - skip_epochs), np.float32)
     for column, epoch in enumerate(range(skip_epochs, store.num_epochs)):
-        centred = store.loss[:, epoch].astype(np.float64)
+        centred = store.read_epoch(epoch).astype(np.float64)
         centred -= class_mean(centred)[labels]
         if normalize_std:
             centred /= np.maximum(np.sqrt(class_mean(centred**2))[labels], 1e-8)
@@ -62,9 +62,12 @@ def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: 
 
 def features_path(store: CurveStore, skip_epochs: int, normalize_std: bool) -> Path:
     """Where `curve_features` saves the features of `store`: a folder beside it that the store empties whenever a
-    column changes (CurveStore.forget_features)."""
+    column changes (CurveStore.forget_features), under the hash of the stored bytes they are built from, so a
+    store changed in any other way (a chunk lost or damaged, another store copied in its place) is never read
+    through features of its former content."""
     scaling = "std" if normalize_std else "mean"
-    return store.features_dir / f"{store.fingerprint}-skip{skip_epochs}-{scaling}.npy"
+    key = store.content_key(range(skip_epochs, store.num_epochs))
+    return store.features_dir / f"{key}-skip{skip_epochs}-{scaling}.npy"
 
 
 def curve_features(store: CurveStore, skip_epochs: int, normalize_std: bool) -> np.ndarray:
@@ -73,7 +76,8 @@ def curve_features(store: CurveStore, skip_epochs: int, normalize_std: bool) -> 
     Rank 0 builds and saves them (a temporary file, then a rename, so a reader never sees half a file) unless they
     are already saved; every rank waits for it at a barrier, then maps the file copy-on-write, so the ranks of a
     node share one copy in the page cache instead of building one each. Every rank checks the store first, so a
-    store that is not finished stops them all with the same message.
+    store that is not finished stops them all with the same message; a damaged column stops rank 0 as it builds
+    (saved features were built from columns read whole, and their name is the hash of the bytes read).
     """
     _check_curves(store, skip_epochs)
     path = features_path(store, skip_epochs, normalize_std)
@@ -99,7 +103,7 @@ def mean_probe_loss(store: CurveStore) -> np.ndarray:
     epochs = store.complete_epochs()
     total = np.zeros(store.num_samples)
     for epoch in epochs:
-        total += store.loss[:, epoch]
+        total += store.read_epoch(epoch)
     return total / len(epochs)
 
 
