@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from curvenet_dist.config import Config
 from curvenet_dist.curves.gather import all_gather_concat, gather_by_id
-from curvenet_dist.curves.store import CurveStore
+from curvenet_dist.curves.store import CurveStore, describe_damage
 from curvenet_dist.data.bias import noise_rate_by_class
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
@@ -93,7 +93,7 @@ class ProbeTrainer:
     def run(self) -> dict:
         config, context = self.config, self.context
         store = self.open_store()
-        start_epoch, start_batch, partial, wall_before = self._resume()
+        start_epoch, start_batch, partial, wall_before = self._resume(store)
         if store is not None:
             store.discard_from(start_epoch)
         barrier()
@@ -203,8 +203,12 @@ class ProbeTrainer:
                  "wall_s": wall_s}
         return self.checkpointer.save(state, epoch, batch)
 
-    def _resume(self) -> tuple[int, int, dict | None, float]:
-        """(epoch, batch, this rank's partial recordings, wall seconds so far) from the newest checkpoint."""
+    def _resume(self, store: CurveStore | None) -> tuple[int, int, dict | None, float]:
+        """(epoch, batch, this rank's partial recordings, wall seconds so far) from the newest checkpoint that is not
+        past an epoch the curve store lacks (rank 0's `store`)."""
+        if store is not None and self.config.probe.record:
+            self._remove_checkpoints_past_the_store(store)
+        barrier()
         loaded = self.checkpointer.load_latest(self.progress.say, map_location=self.context.device)
         if loaded is None:
             return 0, 0, None, 0.0
@@ -223,6 +227,22 @@ class ProbeTrainer:
             rows = slice(self.context.rank * share, (self.context.rank + 1) * share)
             mine = {"ids": partial["ids"][rows], "losses": partial["losses"][rows]}
         return epoch, batch, mine, state["wall_s"]
+
+    def _remove_checkpoints_past_the_store(self, store: CurveStore) -> None:
+        """Remove the checkpoints past the first epoch the store does not hold whole (naming its damaged complete
+        epochs): training resumes from the newest one left, or from the start, so that epoch and every later one
+        are recorded again, each once."""
+        complete = store.complete_epochs().tolist()
+        damage = store.damage(complete)
+        first = min((set(range(store.num_epochs)) - set(complete)) | set(damage), default=store.num_epochs)
+        # A checkpoint's files are named step-<epoch>-<batch>...: the position training resumes at.
+        past = [path for path in self.checkpointer.folder.glob("step-*") if int(path.name.split("-")[1]) > first]
+        for path in past:
+            path.unlink()
+        if damage or past:
+            reason = describe_damage(damage) if damage else f"probe epoch {first + 1} is not recorded"
+            self.progress.say(f"{store.path}: {reason}; the probe records epoch {first + 1} and every later one "
+                              f"again, from the newest checkpoint before it (the start if none)")
 
     def _finish(self, tracker, result: dict) -> None:
         write_json(self.run_dir / "metrics.json", result)
