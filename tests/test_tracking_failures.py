@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import QUICKSTART, REPO, TINY, free_port, torchrun
+from tests.test_probe import kill_job
 
 pytestmark = pytest.mark.slow
 TRACKING_OFF = "note: MLflow tracking off for the rest of this stage: "
@@ -77,7 +78,7 @@ def test_a_server_that_goes_down_mid_run_turns_tracking_off_and_training_goes_on
                str(REPO / "launch" / "probe.py"), "--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY,
                "probe.epochs=1", "tracking.enabled=true", f"tracking.uri={uri}", "tracking.experiment=failures"]
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         # The run exists in MLflow once its id is in the run folder; its epochs are logged after that.
@@ -87,7 +88,11 @@ def test_a_server_that_goes_down_mid_run_turns_tracking_off_and_training_goes_on
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
-    stdout, stderr = process.communicate(timeout=180)
+    try:
+        stdout, stderr = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            kill_job(process)
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert process.returncode == 0, stderr
     assert_trained_without_tracking(run_dir, result, f"failed at {uri}: ")

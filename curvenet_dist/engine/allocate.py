@@ -16,7 +16,7 @@ from curvenet_dist.curves.features import curve_features
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
-from curvenet_dist.engine.checkpoint import Checkpointer
+from curvenet_dist.engine.checkpoint import CheckpointError, Checkpointer
 from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.engine.components import autocast_for, build_model, check_images_exist, fingerprint, write_json
 from curvenet_dist.engine.distributed import DistributedContext, barrier, broadcast_model
@@ -284,6 +284,10 @@ class AllocateTrainer:
 
     def _train_epoch(self, epoch: int, start_batch: int, wall_s: float) -> dict:
         config, device = self.config, self.context.device
+        if self.stop.agreed():
+            # Between epochs, after the last one's evaluation and checkpoint: that checkpoint (or the one this run
+            # resumed from) holds this position already.
+            self._preempt(epoch, start_batch, wall_s, save=False)
         lr = step_lr(config.allocate, config.optim.lr, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -340,7 +344,9 @@ class AllocateTrainer:
                 meta_steps += 1
             samples += len(labels)
             self.progress.step(batch, samples)
-            if self.stop.agreed(batch + 1):
+            # After the last batch the next epoch's start asks instead, once this epoch is evaluated and saved: a
+            # run resumed after an epoch's last batch would log no training metrics for that epoch.
+            if batch + 1 < len(train_loader) + start_batch and self.stop.agreed():
                 self._preempt(epoch, batch + 1, wall_s)
         samples = max(samples, 1)
         metrics = {"train_loss": float(loss_sum) / samples, "mean_weight": float(weight_sum) / samples, "lr": lr}
@@ -439,7 +445,9 @@ class AllocateTrainer:
         return weights_by_chunks(self.weighting_net, self.train_labels(), losses=losses).cpu().numpy()
 
     def _state(self, wall_s: float) -> dict:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s}
+        # The position (epoch, batch) counts batches of this world size and batch size: see _resume.
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "wall_s": wall_s,
+                 "world_size": self.context.world_size, "batch_size": self.config.data.batch_size}
         if self.eval_losses is not None:
             state["eval_losses"], state["predicted"] = self.eval_losses, self.predicted
         if self.weighting_net is not None:
@@ -449,11 +457,14 @@ class AllocateTrainer:
             state["weighting_optimizer"] = self.weighting_optimizer.state_dict()
         return state
 
-    def _preempt(self, epoch: int, batch: int, wall_s: float) -> None:
-        """Save the position (epoch, batch) with both networks and optimizers, then stop."""
-        if self.context.is_main:
+    def _preempt(self, epoch: int, batch: int, wall_s: float, save: bool = True) -> None:
+        """Save the position (epoch, batch) with both networks and optimizers (unless the newest checkpoint holds
+        it already), then stop."""
+        if self.context.is_main and save:
             path = self.checkpointer.save(self._state(wall_s), epoch, batch)
             self.progress.say(f"SIGTERM: saved {path}; the same command resumes at epoch {epoch + 1}, batch {batch}")
+        elif self.context.is_main:
+            self.progress.say(f"SIGTERM: stopped before epoch {epoch + 1}, batch {batch}; the same command resumes there")
         barrier()
         raise Preempted()
 
@@ -462,7 +473,16 @@ class AllocateTrainer:
         loaded = self.checkpointer.load_latest(self.progress.say, map_location=self.context.device)
         if loaded is None:
             return 0, 0, 0.0
-        _, state = loaded
+        path, state = loaded
+        saved, now = (state["world_size"], state["batch_size"]), (self.context.world_size, self.config.data.batch_size)
+        if state["batch"] and saved != now:
+            # Each rank's batch b holds other samples under another world size or batch size.
+            raise CheckpointError(
+                f"{path} stopped inside epoch {state['epoch'] + 1} after batch {state['batch']} of {saved[0]} "
+                f"process(es) x data.batch_size={saved[1]}; this run has {now[0]} x {now[1]}, which would skip or "
+                f"repeat samples of that epoch: rerun with {saved[0]} process(es) and data.batch_size={saved[1]}, or "
+                f"move that file away to resume from the checkpoint before it"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.weighting_net is not None:

@@ -16,19 +16,19 @@ class Preempted(Exception):
 
 
 class StopSignal:
-    """Catches SIGTERM; `agreed()` tells every rank at once whether any rank was signalled."""
+    """Catches SIGTERM; `agreed()` tells every rank at once whether any rank was signalled.
 
-    def __init__(self, device: torch.device, check_every: int = 20):
+    The stages ask at every batch boundary: torchrun SIGKILLs its workers 30 s after forwarding SIGTERM, which a
+    check every few steps can miss on slow steps or short epochs. One all_reduce of one element per step costs
+    little beside a training step (docs/BENCHMARKS.md, "Cost of the per-batch stop check")."""
+
+    def __init__(self, device: torch.device):
         self.requested = False
-        self.device, self.check_every = device, check_every
+        self.device = device
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
 
-    def agreed(self, step: int, force: bool = False) -> bool:
-        # A collective every step would stall the GPU on .item(); every few steps is soon enough for a
-        # pre-emption warning measured in minutes.
-        if not force and step % self.check_every:
-            return False
+    def agreed(self) -> bool:
         return any_rank(self.requested, self.device)

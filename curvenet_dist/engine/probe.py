@@ -171,11 +171,9 @@ class ProbeTrainer:
             loss_sum += loss.detach() * len(labels)
             samples += len(labels)
             self.progress.step(batch, samples)
-            if self.stop.agreed(batch + 1):
+            # After the last batch too, before the epoch is recorded: the next start records it from the checkpoint.
+            if self.stop.agreed():
                 self._preempt(epoch, batch + 1, ids_seen, losses_seen, wall_s)
-        if self.stop.agreed(0, force=True):
-            # Stop between epochs: the epoch is whole, so record it below on the next start instead.
-            self._preempt(epoch, batches, ids_seen, losses_seen, wall_s)
         mean_loss = float(all_gather_concat(loss_sum.reshape(1)).sum() / max(1, samples * self.context.world_size))
         return *self._recordings(ids_seen, losses_seen), mean_loss, lr
 
