@@ -22,6 +22,7 @@ from curvenet_dist.engine.components import autocast_for, build_model, check_ima
 from curvenet_dist.engine.distributed import DistributedContext, barrier, broadcast_model
 from curvenet_dist.engine.evaluate import accuracy_report, losses_and_samples, near_chance_warning, predict
 from curvenet_dist.engine.lr_schedule import step_lr
+from curvenet_dist.engine.model_file import publish_model
 from curvenet_dist.engine.preemption import Preempted, StopSignal
 from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.engine.progress import Progress
@@ -263,6 +264,7 @@ class AllocateTrainer:
         if context.is_main:
             result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions,
                                                 test_predictions, self.method))
+            publish_model(self.run_dir, self.model, config, self.splits.class_names, "allocate", tracker)
             write_json(self.run_dir / "metrics.json", result)
             for name in ("config.yaml", "metrics.json", "weights.npy", "suspects.csv", "weights_by_class.png",
                          "confusion_matrix.png"):

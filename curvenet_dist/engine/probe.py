@@ -21,6 +21,7 @@ from curvenet_dist.engine.components import (
 from curvenet_dist.engine.distributed import DistributedContext, barrier
 from curvenet_dist.engine.evaluate import accuracy_report, near_chance_warning, predict
 from curvenet_dist.engine.lr_schedule import probe_lr
+from curvenet_dist.engine.model_file import publish_model
 from curvenet_dist.engine.preemption import Preempted, StopSignal
 from curvenet_dist.engine.progress import Progress
 from curvenet_dist.tracking.mlflow_tracker import build_tracker
@@ -131,6 +132,7 @@ class ProbeTrainer:
             result["noise_rate_by_class"] = [None if rate != rate else float(rate)
                                              for rate in noise_rate_by_class(self.train_table)]
         if context.is_main:
+            publish_model(self.run_dir, self.model, config, self.splits.class_names, "probe", tracker)
             self._finish(tracker, result)
             warning = near_chance_warning(result["test_acc"], self.splits.num_classes, steps * config.probe.epochs,
                                           "so its loss curves cannot tell mislabeled samples from clean ones")

@@ -179,9 +179,10 @@ class MlflowTracker(Tracker):
                    tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_model(self, model, input_example) -> None:
-        """Log `model` (a torch module on the CPU) as this run's MLflow model `model`, exported with torch.export
-        so that MLflow's own tools load and serve it without this project's code; `input_example` (a numpy batch)
-        gives its signature. A failure loses only the MLflow copy: one line, and the stage goes on."""
+        """Log `model` (a torch module on the CPU) as this run's MLflow model, exported with torch.export so that
+        MLflow's own tools load and serve it without this project's code, and tag the run with its URI
+        (`model_uri`); `input_example` (a numpy batch) gives its signature. A failure loses only the MLflow copy:
+        one line, and the stage goes on."""
         if self.off:
             return
         import mlflow
@@ -189,10 +190,14 @@ class MlflowTracker(Tracker):
 
         mlflow.set_tracking_uri(self.uri)
         try:
+            # MLflow files a logged model under the process's current experiment, not its run's.
+            mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
             # Requirements given, not inferred: inferring them loads the model again in a subprocess (seconds).
-            mlflow.pytorch.log_model(model, name="model", run_id=self.run_id, input_example=input_example,
-                                     serialization_format="pt2",
-                                     pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+            logged = mlflow.pytorch.log_model(model, name="model", run_id=self.run_id, input_example=input_example,
+                                              serialization_format="pt2",
+                                              pip_requirements=mlflow.pytorch.get_default_pip_requirements())
+            # The URI (models:/<id>) that `mlflow models serve -m` and mlflow.pyfunc.load_model take.
+            self.client.set_tag(self.run_id, "model_uri", logged.model_uri)
         except Exception as error:  # whatever fails here, the run folder has the model and the stage goes on
             print(f"note: the model was not logged to MLflow run {self.run_id}: {first_line(error)}; the run "
                   f"folder's model.safetensors holds it", file=sys.stderr, flush=True)
