@@ -15,6 +15,7 @@ from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.bias import corrupt_labels
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
+from curvenet_dist.meta.weighting_optimizer import weighting_optimizer
 from curvenet_dist.models.staged import ClassifierHead, StagedNet
 from curvenet_dist.models.weighting import CurveNet
 from curvenet_dist.tracking.report import class_relative, noise_detection_scores, suspect_order
@@ -65,7 +66,8 @@ def biased_data(tmp_path_factory):
             "meta_images": class_clusters(meta_labels, centres, generator), "meta_labels": torch.from_numpy(meta_labels)}
 
 
-def train_curvenet(data: dict, scale: str, steps: int, meta_lr: float = 1e-3) -> tuple[CurveNet, WeightScale]:
+def train_curvenet(data: dict, scale: str, steps: int, meta_lr: float = 1e-3,
+                   classifier_lr: float = 0.1) -> tuple[CurveNet, WeightScale]:
     """`steps` real allocate iterations (virtual step, meta step, actual step) at the project's defaults."""
     model = small_classifier()
     torch.manual_seed(1)
@@ -73,8 +75,8 @@ def train_curvenet(data: dict, scale: str, steps: int, meta_lr: float = 1e-3) ->
     weight_scale = WeightScale(scale, "exact", data["features"], data["given"],
                                np.bincount(data["given"].numpy(), minlength=NUM_CLASSES))
     iteration = MetaIteration(
-        model, curvenet, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
-        torch.optim.Adam(curvenet.parameters(), lr=meta_lr, weight_decay=1e-4), skip_layers=0,
+        model, curvenet, torch.optim.SGD(model.parameters(), lr=classifier_lr, momentum=0.9, weight_decay=5e-4),
+        weighting_optimizer(curvenet.parameters(), meta_lr, weight_decay=1e-4), skip_layers=0,
         weight_scale=weight_scale,
     )
     order = torch.Generator().manual_seed(2)
@@ -102,15 +104,49 @@ def test_curvenet_separates_mislabeled_samples_within_tens_of_meta_steps(biased_
     assert noise_auroc(weights, biased_data) >= 0.9
 
 
+@pytest.fixture(scope="module")
+def swamped_tail(tmp_path_factory):
+    """A long tail whose smallest class is 70% mislabeled: 70 samples of the head class carry its label, beside
+    its own 30 (as a head class's errors land in a small look-alike class)."""
+    rng = np.random.default_rng(1)
+    true = np.repeat(np.arange(NUM_CLASSES), [300, 150, 80, 30])
+    given = true.copy()
+    given[rng.choice(np.flatnonzero(true == 0), 70, replace=False)] = 3
+    store = CurveStore.open_or_create(tmp_path_factory.mktemp("probe") / "curves.zarr", fingerprint="swamped",
+                                      dataset_fingerprint="swamped", labels=given, true_labels=true,
+                                      num_epochs=EPOCHS)
+    for epoch, column in enumerate(fig1_curves(true, given, rng).T):
+        store.write_epoch(epoch, column, lr=0.1)
+    generator = torch.Generator().manual_seed(0)
+    centres = 2.0 * torch.randn(NUM_CLASSES, 3, 2, 2, generator=generator)
+    meta_labels = np.repeat(np.arange(NUM_CLASSES), META_PER_CLASS)
+    return {"true": true, "given": torch.from_numpy(given),
+            "features": torch.from_numpy(class_normalized_curves(store, SKIP_EPOCHS, CurveNetConfig.normalize_std)),
+            "images": class_clusters(true, centres, generator),
+            "meta_images": class_clusters(meta_labels, centres, generator), "meta_labels": torch.from_numpy(meta_labels)}
+
+
+def test_a_weak_meta_gradient_still_moves_curvenet_off_its_initial_output(swamped_tail):
+    # A small virtual step (classifier LR 1e-3) makes the meta-gradient around 1e-6, below the weight decay's pull
+    # (1e-4 x |parameter|). With the decay added to the gradient, Adam followed the decay alone and every weight
+    # stayed at the initial 0.52; decoupled, the meta-gradient sets the direction.
+    curvenet, _ = train_curvenet(swamped_tail, "class", steps=100, classifier_lr=1e-3)
+    weights = all_weights(curvenet, swamped_tail)
+    assert weights.std() / weights.mean() > 0.05, "the weights must move off the initial output"
+    tail = swamped_tail["given"].numpy() == 3
+    mislabeled = swamped_tail["true"][tail] != 3
+    assert roc_auc_score(mislabeled, -weights[tail]) >= 0.9, "the swamped tail class's wrong labels weigh least"
+
+
 def test_the_dataset_scale_cannot_drift_to_all_weights_one(biased_data):
     # A meta LR high enough that, without a scale, the meta step saturates every weight: plain CE again. On the
-    # centred curves (no std division) it does so within 40 steps.
+    # centred curves (no std division) it does so within 40 steps at 3x the default.
     biased_data = {**biased_data, "features": biased_data["centred_features"]}
-    unscaled, _ = train_curvenet(biased_data, "none", steps=40, meta_lr=3e-2)
+    unscaled, _ = train_curvenet(biased_data, "none", steps=40, meta_lr=3e-3)
     raw = all_weights(unscaled, biased_data)
     assert np.median(raw) > 0.95, "without a scale the weights drift to the top"
 
-    scaled, weight_scale = train_curvenet(biased_data, "dataset", steps=40, meta_lr=3e-2)
+    scaled, weight_scale = train_curvenet(biased_data, "dataset", steps=40, meta_lr=3e-3)
     raw = torch.from_numpy(all_weights(scaled, biased_data))
     effective = weight_scale.frozen(raw, biased_data["given"]).numpy()
     # The classifier sees weights of mean 1 whatever the net's level, so raising every weight buys nothing:

@@ -33,6 +33,7 @@ from curvenet_dist.engine.distributed import exit_without_finalization
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.slmo import split_layers
 from curvenet_dist.meta.weight_scale import WeightScale
+from curvenet_dist.meta.weighting_optimizer import weighting_optimizer
 from curvenet_dist.models.weighting import CurveNet
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,8 +84,7 @@ class Step:
         # A small LR keeps many steps on random data finite; the step's cost does not depend on it.
         optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=config.optim.momentum,
                                     weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
-        weighting_optimizer = torch.optim.Adam(self.weighting_net.parameters(), lr=config.meta.lr,
-                                               weight_decay=config.meta.weight_decay)
+        net_optimizer = weighting_optimizer(self.weighting_net.parameters(), config.meta.lr, config.meta.weight_decay)
         scale_samples = config.meta.scale_samples
         scale = WeightScale(config.weight_scale(), config.meta.sync,
                             torch.randn(scale_samples, curve_length, device=device),
@@ -108,7 +108,7 @@ class Step:
 
         self.variants = {"plain": run(plain, None)}
         for skip_layers in range(self.model.num_stages + 1):
-            iteration = MetaIteration(self.model, self.weighting_net, optimizer, weighting_optimizer, skip_layers,
+            iteration = MetaIteration(self.model, self.weighting_net, optimizer, net_optimizer, skip_layers,
                                       config.meta.sync, scale, data_parallel=data_parallel)
             self.variants[f"skip{skip_layers}"] = run(iteration, meta)
         self.shape = {"image_size": size, "batch_size": batch, "meta_batch_size": meta_batch}

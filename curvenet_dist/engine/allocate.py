@@ -31,6 +31,7 @@ from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, u
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.meta_set import select_meta_set
 from curvenet_dist.meta.weight_scale import WeightScale, balanced_class_factors, reference_sample
+from curvenet_dist.meta.weighting_optimizer import weighting_optimizer
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
@@ -120,8 +121,8 @@ class AllocateTrainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.optim.lr, momentum=config.optim.momentum,
                                          weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
         meta_optim = config.dynamic_loss if self.method == "dynamic_loss" else config.meta
-        self.weighting_optimizer = (torch.optim.Adam(self.weighting_net.parameters(), lr=meta_optim.lr,
-                                                     weight_decay=meta_optim.weight_decay)
+        self.weighting_optimizer = (weighting_optimizer(self.weighting_net.parameters(), meta_optim.lr,
+                                                        meta_optim.weight_decay)
                                     if self.weighting_net is not None else None)
         self.weight_scale = self._build_weight_scale()
         # CurveNet's weights once it is frozen; class-balanced CE's throughout.
