@@ -14,7 +14,7 @@ from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.allocate import MetaBatches
-from curvenet_dist.tracking.report import class_relative
+from curvenet_dist.tracking.report import class_relative, weight_spread
 from tests.conftest import QUICKSTART, TINY, assert_clean_error, kill_allocate_after_epoch, torchrun
 
 pytestmark = pytest.mark.slow
@@ -64,6 +64,8 @@ def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, me
     else:
         assert ((weights > 0) & (weights < 1.03)).all()
         assert 0 <= metrics["noise_auroc"] <= 1 and 0 <= metrics["noise_ap"] <= 1
+        labels = CurveStore.open(probe_run / "curves.zarr", mode="r").labels
+        assert metrics["weight_spread"] == pytest.approx(weight_spread(weights, labels))
     assert "done: test accuracy" in result.stdout
 
 

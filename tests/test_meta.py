@@ -235,6 +235,8 @@ def test_fast_meta_iteration_matches_reference_mwnet_step(weighting, scale, virt
         assert_same_tensors(
             [p.grad for p in fast_weighting.parameters()], [p.grad for p in reference_weighting.parameters()]
         )
+        reference_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in reference_weighting.parameters()]))
+        torch.testing.assert_close(result.meta_gradient_norm, reference_norm)
         assert_same_tensors(fast_weighting.parameters(), reference_weighting.parameters())
         assert_same_tensors([p.grad for p in fast_model.parameters()], [p.grad for p in reference_model.parameters()])
         assert_same_tensors(fast_model.state_dict().values(), reference_model.state_dict().values())

@@ -20,7 +20,9 @@ from curvenet_dist.engine.checkpoint import CheckpointError, Checkpointer
 from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.engine.components import autocast_for, build_model, check_images_exist, fingerprint, write_json
 from curvenet_dist.engine.distributed import DistributedContext, barrier, broadcast_model
-from curvenet_dist.engine.evaluate import accuracy_report, losses_and_samples, near_chance_warning, predict
+from curvenet_dist.engine.evaluate import (
+    accuracy_report, constant_weights_warning, losses_and_samples, near_chance_warning, predict,
+)
 from curvenet_dist.engine.lr_schedule import step_lr
 from curvenet_dist.engine.model_file import publish_model
 from curvenet_dist.engine.preemption import Preempted, StopSignal
@@ -35,7 +37,7 @@ from curvenet_dist.meta.weighting_optimizer import weighting_optimizer
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, build_tracker
-from curvenet_dist.tracking.report import audited_noise_scores, write_allocate_report
+from curvenet_dist.tracking.report import audited_noise_scores, weight_spread, write_allocate_report
 
 
 class MetaBatches:
@@ -144,6 +146,8 @@ class AllocateTrainer:
         # Dynamic Loss's per-sample inputs (rank bucket, sampled prediction) and eval losses of the current epoch,
         # the training rows left after its hierarchical sample, and a resumed run's meta-batch position.
         self.sample_inputs = self.eval_losses = self.train_rows = self.resumed_meta_position = None
+        # The last meta epoch's mean meta-gradient norm, for the end-of-run line on weights that never moved.
+        self.last_meta_gradient_norm: float | None = None
 
         loader_arguments = dict(rank=context.rank, world_size=context.world_size, seed=config.run.seed, device=device)
         self.loader_arguments = loader_arguments
@@ -220,8 +224,7 @@ class AllocateTrainer:
         steps = len(self.train_loader)
         # How many meta updates the weighting net gets: a small dataset gets few (DESIGN §9, the initial output).
         # Dynamic Loss's epochs draw their own sample and skip the warm-up, so its count is not this product.
-        meta_epochs = sum(not self.weighting_frozen(epoch) for epoch in range(config.allocate.epochs))
-        updates = (f" ({-(-steps // self.meta_interval) * meta_epochs} before the freeze)"
+        updates = (f" ({self.meta_update_count()} before the freeze)"
                    if self.method != "dynamic_loss" else "")
         meta = (f"meta set {meta_size}({config.meta.source}), skip_layers {self.skip_layers}, a meta update every "
                 f"{self.meta_interval} batch(es){updates}, meta.sync {config.meta.sync}, "
@@ -262,6 +265,8 @@ class AllocateTrainer:
         if self.method == "dynamic_loss":
             with torch.no_grad():
                 result["margins"] = [round(m, 6) for m in self.weighting_net.margins().tolist()]
+        if self.weighting_net is not None:
+            result["weight_spread"] = weight_spread(weights, self.splits.train.labels)
         if context.is_main:
             result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions,
                                                 test_predictions, self.method))
@@ -282,8 +287,19 @@ class AllocateTrainer:
                                           "and no weighting can help that")
             if warning:
                 self.progress.say(warning)
+            if self.weighting_net is not None:
+                warning = constant_weights_warning(result["weight_spread"], self.meta_update_count(),
+                                                   self.last_meta_gradient_norm)
+                if warning:
+                    self.progress.say(warning)
         barrier()
         return result
+
+    def meta_update_count(self) -> int:
+        """How many meta updates the weighting net gets before its freeze (Dynamic Loss: an upper bound, its
+        epochs drawing their own sample)."""
+        meta_epochs = sum(not self.weighting_frozen(epoch) for epoch in range(self.config.allocate.epochs))
+        return -(-len(self.train_loader) // self.meta_interval) * meta_epochs
 
     def _train_epoch(self, epoch: int, start_batch: int, wall_s: float) -> dict:
         config, device = self.config, self.context.device
@@ -314,6 +330,7 @@ class AllocateTrainer:
         loss_sum = torch.zeros((), device=device)
         weight_sum = torch.zeros((), device=device)
         meta_loss_sum = torch.zeros((), device=device)
+        meta_gradient_norm_sum = torch.zeros((), device=device)
         # [clean, mislabeled, unknown] weight sums and sample counts over the epoch.
         group_weight_sums = torch.zeros(3, device=device)
         group_counts = torch.zeros(3, device=device)
@@ -344,6 +361,7 @@ class AllocateTrainer:
                 group_counts.index_add_(0, group, torch.ones_like(result.weights))
             if result.meta_loss is not None:
                 meta_loss_sum += result.meta_loss
+                meta_gradient_norm_sum += result.meta_gradient_norm
                 meta_steps += 1
             samples += len(labels)
             self.progress.step(batch, samples)
@@ -355,6 +373,7 @@ class AllocateTrainer:
         metrics = {"train_loss": float(loss_sum) / samples, "mean_weight": float(weight_sum) / samples, "lr": lr}
         if meta_steps:
             metrics["meta_loss"] = float(meta_loss_sum) / meta_steps
+            metrics["meta_gradient_norm"] = self.last_meta_gradient_norm = float(meta_gradient_norm_sum) / meta_steps
         if self.audit_group is not None:
             clean, mislabeled, _ = (group_weight_sums / group_counts.clamp_min(1)).tolist()
             metrics.update(weight_clean=clean, weight_mislabeled=mislabeled)

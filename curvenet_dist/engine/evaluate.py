@@ -68,3 +68,27 @@ def near_chance_warning(test_acc: float, num_classes: int, steps: int, consequen
     return (f"warning: test accuracy {test_acc:.4f} is near chance ({chance:.3f} for {num_classes} classes) after "
             f"{steps} optimizer steps: the network learned next to nothing, {consequence}; for a few thousand images "
             f"or fewer start from configs/prepared_small.yaml (README, \"Small datasets\")")
+
+
+WEIGHT_SPREAD_FLOOR = 0.05
+"""Below this spread of the class-relative weight a run's weights are called constant: within every class each
+sample then weighs within about 5% of the others, and the weighting did next to nothing beyond its class totals."""
+
+
+def constant_weights_warning(spread: float, meta_updates: int, meta_gradient_norm: float | None) -> str | None:
+    """A warning line when a weighting net's final weights are (nearly) the same for every sample of a class, with
+    the likely cause, else None."""
+    if spread >= WEIGHT_SPREAD_FLOOR:
+        return None
+    if meta_gradient_norm is None:
+        cause = "no meta update ran in this process (resumed after the freeze?)"
+    elif meta_updates < 200:
+        cause = (f"{meta_updates} meta updates are few: give the allocate stage more steps before its first "
+                 f"milestone (more epochs, or a smaller data.batch_size)")
+    else:
+        cause = (f"the meta-gradient was weak (mean norm {meta_gradient_norm:.1e} in the last meta epoch): the clean "
+                 f"meta set barely prefers any weighting; check that it is clean and that the curves separate the "
+                 f"samples (loss_curves.png of the probe run)")
+    return (f"warning: the weights ended nearly constant (spread {spread:.4f} of the class-relative weight, below "
+            f"{WEIGHT_SPREAD_FLOOR}): the weighting net learned next to nothing and the run trained as its class "
+            f"totals alone; likely cause: {cause}")

@@ -41,6 +41,10 @@ class IterationResult:
     meta_loss: torch.Tensor | None
     """Meta-batch cross-entropy at w_hat, averaged over ranks (a 0-d tensor, left on the device so the hot path
     never waits for it); None when the weighting net was not updated."""
+    meta_gradient_norm: torch.Tensor | None = None
+    """The norm of the weighting net's meta-gradient (averaged over ranks, before the optimizer's weight decay), a
+    0-d tensor on the device; None when the weighting net was not updated. How hard the meta set pulls on the net:
+    a run whose weights never moved shows it here."""
 
 
 class WeightedCrossEntropy:
@@ -135,9 +139,9 @@ class MetaIteration:
             logits = self.data_parallel(images)
         losses = F.cross_entropy(logits, labels, reduction="none")
 
-        meta_loss = None
+        meta_loss = meta_gradient_norm = None
         if meta_update:
-            meta_loss = self._update_weighting_net(logits, losses, labels, inputs, *meta_batch)
+            meta_loss, meta_gradient_norm = self._update_weighting_net(logits, losses, labels, inputs, *meta_batch)
 
         if fixed_weights is not None:
             weights = fixed_weights
@@ -158,7 +162,8 @@ class MetaIteration:
             self.gradient_mean.finish()
         all_reduce_mean_(self.running_statistics)
         self.classifier_optimizer.step()
-        return IterationResult(losses=losses.detach(), weights=weights, meta_loss=meta_loss)
+        return IterationResult(losses=losses.detach(), weights=weights, meta_loss=meta_loss,
+                               meta_gradient_norm=meta_gradient_norm)
 
     def _update_weighting_net(
         self,
@@ -168,7 +173,8 @@ class MetaIteration:
         inputs: torch.Tensor | None,
         meta_images: torch.Tensor,
         meta_labels: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The meta step and the weighting net's optimizer step; returns the meta loss and meta-gradient norm."""
         top_parameters = self.virtual_parameters
         # Virtual step (paper eq. 11) on the top parameters only (SLMO).
         sample_losses, _ = self.training_loss(logits, labels, losses, inputs, track_meta=True)
@@ -201,4 +207,4 @@ class MetaIteration:
         for param, grad in zip(weighting_parameters, weighting_grads):
             param.grad = grad
         self.weighting_optimizer.step()
-        return meta_loss_value[0]
+        return meta_loss_value[0], torch.linalg.vector_norm(torch.stack([grad.norm() for grad in weighting_grads]))

@@ -65,6 +65,12 @@ def class_relative(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return weights / np.maximum(means[labels], 1e-12)
 
 
+def weight_spread(weights: np.ndarray, labels: np.ndarray) -> float:
+    """The standard deviation of the class-relative weight (1 on average): 0 when every sample of a class weighs
+    the same, as when the weighting net never moved from its initial output."""
+    return float(class_relative(weights.astype(np.float64), labels).std())
+
+
 def audited_noise_scores(weights: np.ndarray, train: SampleTable) -> dict[str, float]:
     """`noise_detection_scores` of the class-relative weight over the training samples whose true label is known
     (all of them under synthetic noise, the audited ones of a prepared dataset); empty where none is."""
