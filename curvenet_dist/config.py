@@ -127,16 +127,19 @@ class BiasConfig:
     """n_max / n_min of the exponential long tail; 1 keeps the classes as they are."""
     noise_type: str = "none"
     """`none`, `uniform` (any class incl. the true one), `flip` (to one other class), `flip2` (to two), `pair` (to
-    the next class of a seeded cycle through all classes, so each class takes one other's errors), each by
-    exact counts per class, or `proportional` (the CurveNet reference code's: each label redrawn with probability
-    noise_rate, in proportion to the class sizes)."""
+    the next class of a seeded cycle through all classes, so each class takes one other's errors), `instance` (the
+    samples a pixel model, scoring each without having seen it, finds most confusable go to the class it confuses
+    them with, as web labels err on look-alike images: data/bias.py), each by exact counts per class, or
+    `proportional` (the CurveNet reference code's: each label redrawn with probability noise_rate, in proportion to
+    the class sizes)."""
     noise_rate: float = 0.0
     """Probability p that a training label is corrupted."""
     seed: int = 0
     """Seed of the carve-out, tail and noise (recorded so runs compare on the same data)."""
 
     def validate(self) -> None:
-        _choice("bias.noise_type", self.noise_type, ("none", "uniform", "flip", "flip2", "pair", "proportional"))
+        _choice("bias.noise_type", self.noise_type,
+                ("none", "uniform", "flip", "flip2", "pair", "instance", "proportional"))
         _positive("bias.meta_per_class", self.meta_per_class, allow_zero=True)
         if self.imbalance_factor < 1:
             raise ConfigError(f"bias.imbalance_factor={self.imbalance_factor} must be >= 1")

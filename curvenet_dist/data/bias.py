@@ -1,14 +1,25 @@
 """Synthetic bias, Meta-Weight-Net conventions (DESIGN.md §1): meta carve-out, long tail, label noise.
 
-Counts are exact rather than Bernoulli draws for uniform/flip/flip2, so a config's imbalance factor and noise
-rate are what the data really has; `proportional` is the CurveNet reference code's per-sample model. Every step
-is seeded, and true labels are kept so noise detection can be scored.
+Counts are exact rather than Bernoulli draws for uniform/flip/flip2/pair/instance, so a config's imbalance factor
+and noise rate are what the data really has; `proportional` is the CurveNet reference code's per-sample model.
+Every step is seeded, and true labels are kept so noise detection can be scored.
+
+`instance` noise errs as web labels do, on look-alike images: a simple model over the pixels scores every training
+sample (after the long tail) without having seen it, and in each true class c the round(rate * n_c) samples it
+finds most confusable take the class it confuses them with. The model: each image as 16x16 grayscale pixels in
+[0, 1], whitened onto the principal components holding 99% of their variance, then a logistic regression, fit on
+the clean labels in 3 stratified folds (seeded), each sample's class probabilities from the fit on the other two
+folds. A sample's confusability is its highest probability of a class other than c; that class is its new label.
+The fit is deterministic (one BLAS thread), so every rank and stage derives the same labels.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from curvenet_dist.config import BiasConfig
 from curvenet_dist.data.sample_table import DataError, SampleTable
@@ -97,6 +108,65 @@ def corrupt_labels(true_labels: np.ndarray, num_classes: int, noise_type: str, r
     return labels
 
 
+INSTANCE_IMAGE_SIZE = 16
+INSTANCE_FOLDS = 3
+
+
+def image_pixels(table: SampleTable) -> np.ndarray:
+    """[N, 16*16] every image of `table` as grayscale pixels in [0, 1], decoded in threads (Pillow's decoders
+    release the GIL)."""
+    def read(path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as image:
+                small = image.convert("L").resize((INSTANCE_IMAGE_SIZE, INSTANCE_IMAGE_SIZE), Image.Resampling.BILINEAR)
+        except (OSError, Image.DecompressionBombError) as error:
+            raise DataError(f"{path}: cannot be read to score bias.noise_type=instance: {error}") from None
+        return np.asarray(small, np.float32).ravel() / 255
+
+    with ThreadPoolExecutor() as pool:
+        return np.stack(list(pool.map(read, (table.image_root / path for path in table.paths))))
+
+
+def out_of_fold_probabilities(pixels: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """[N, C] each sample's class probabilities from a pixel model fit on the other folds (module docstring)."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from threadpoolctl import threadpool_limits
+
+    model = make_pipeline(PCA(0.99, whiten=True), LogisticRegression())
+    folds = StratifiedKFold(INSTANCE_FOLDS, shuffle=True, random_state=seed)
+    # One thread: the same floats whatever the thread count of the stage, so probe and allocate agree on the labels.
+    with threadpool_limits(1):
+        return cross_val_predict(model, pixels, labels, cv=folds, method="predict_proba")
+
+
+def confusable_labels(true_labels: np.ndarray, probabilities: np.ndarray, rate: float) -> np.ndarray:
+    """In every class c exactly round(rate * n_c) samples relabeled: those with the highest probability of a class
+    other than c, each to that class."""
+    others = probabilities.copy()
+    others[np.arange(len(true_labels)), true_labels] = -1
+    confused_with, confusion = others.argmax(1), others.max(1)
+    labels = true_labels.copy()
+    for c in range(probabilities.shape[1]):
+        rows = np.flatnonzero(true_labels == c)
+        chosen = rows[np.argsort(-confusion[rows], kind="stable")[: round(rate * len(rows))]]
+        labels[chosen] = confused_with[chosen]
+    return labels
+
+
+def instance_noise(table: SampleTable, true_labels: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """`table`'s labels with instance-dependent noise (module docstring)."""
+    counts = np.bincount(true_labels, minlength=table.num_classes)
+    if counts.min() < INSTANCE_FOLDS:
+        raise DataError(f"{table.origin}: class {int(np.argmin(counts))} has {counts.min()} training samples; "
+                        f"bias.noise_type=instance needs {INSTANCE_FOLDS} of every class to score each sample "
+                        f"with a model that did not see it")
+    probabilities = out_of_fold_probabilities(image_pixels(table), true_labels, int(rng.integers(2**31)))
+    return confusable_labels(true_labels, probabilities, rate)
+
+
 @dataclass
 class BiasedSplit:
     train: SampleTable
@@ -136,6 +206,9 @@ def apply_bias(table: SampleTable, config: BiasConfig, train_per_class: int = 0)
     train = table.select(rest)
     if config.noise_type != "none" and config.noise_rate > 0:
         # Synthetic noise on top of the source's labels: those labels become the truth to score against.
-        train.labels = corrupt_labels(clean[rest], table.num_classes, config.noise_type, config.noise_rate, rng)
+        if config.noise_type == "instance":
+            train.labels = instance_noise(train, clean[rest], config.noise_rate, rng)
+        else:
+            train.labels = corrupt_labels(clean[rest], table.num_classes, config.noise_type, config.noise_rate, rng)
         train.true_labels = clean[rest]
     return BiasedSplit(train=train, carved_meta=table.select(meta_rows))
