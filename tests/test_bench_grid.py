@@ -76,11 +76,14 @@ def test_grid_end_to_end_resumes_and_scores_the_detector(tmp_path, capsys, monke
 
 
 def test_any_cell_is_named_by_its_bias_and_a_bad_name_stops_with_one_line(tmp_path, capsys):
-    arguments = parse_arguments(["--cells", "uniform-imb50-n0.3", "--seeds", "0"])
-    [run, *_] = plan_runs(arguments, tmp_path)
-    assert {"bias.noise_type=uniform", "bias.imbalance_factor=50", "bias.noise_rate=0.3"} <= set(run.arguments)
-    for name, message in (("prop-imb10", "is not <prop|uniform|flip|flip2>-imb<factor>-n<rate>"),
-                          ("gauss-imb10-n0.4", "is not <prop|uniform|flip|flip2>-imb<factor>-n<rate>"),
+    for name, noise_type in (("uniform-imb50-n0.3", "uniform"), ("pair-imb50-n0.3", "pair"),
+                             ("inst-imb50-n0.3", "instance")):
+        arguments = parse_arguments(["--cells", name, "--seeds", "0"])
+        [run, *_] = plan_runs(arguments, tmp_path)
+        settings = {f"bias.noise_type={noise_type}", "bias.imbalance_factor=50", "bias.noise_rate=0.3"}
+        assert settings <= set(run.arguments)
+    for name, message in (("prop-imb10", "is not <prop|uniform|flip|flip2|pair|inst>-imb<factor>-n<rate>"),
+                          ("gauss-imb10-n0.4", "is not <prop|uniform|flip|flip2|pair|inst>-imb<factor>-n<rate>"),
                           ("prop-imb10-n1.5", "bias.noise_rate=1.5 must be in [0, 1)")):
         with pytest.raises(SystemExit) as stop:
             parse_arguments(["--cells", name])

@@ -36,12 +36,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-NOISE_PREFIXES = {"prop": "proportional", "uniform": "uniform", "flip": "flip", "flip2": "flip2"}
+NOISE_PREFIXES = {"prop": "proportional", "uniform": "uniform", "flip": "flip", "flip2": "flip2", "pair": "pair",
+                  "inst": "instance"}
 CELL_PATTERN = re.compile(r"(?P<noise>[a-z0-9]+)-imb(?P<imbalance>[0-9]+)-n(?P<rate>[0-9]+(\.[0-9]+)?)")
 
 
 def cell(name: str) -> dict[str, object]:
-    """A cell's bias settings from its name, `<prop|uniform|flip|flip2>-imb<factor>-n<rate>`."""
+    """A cell's bias settings from its name, `<prop|uniform|flip|flip2|pair|inst>-imb<factor>-n<rate>`."""
     match = CELL_PATTERN.fullmatch(name)
     if match is None or match["noise"] not in NOISE_PREFIXES:
         raise argparse.ArgumentTypeError(f"cell {name!r} is not <{'|'.join(NOISE_PREFIXES)}>-imb<factor>-n<rate>, "
