@@ -20,7 +20,15 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from curvenet_dist.data.sample_table import LEAVES_IMAGE_ROOT, SPLITS, UNKNOWN, DataError, PreparedDataset, SampleTable
+from curvenet_dist.data.sample_table import (
+    LEAVES_IMAGE_ROOT,
+    SPLITS,
+    UNKNOWN,
+    DataError,
+    PreparedDataset,
+    SampleTable,
+    utf8_text,
+)
 from data_prep.image_check import QuarantinedImage, clear_progress, write_quarantine
 
 QUIRKS_FILE = "quirks.txt"
@@ -87,16 +95,6 @@ def relative_image_path(text: str, source: str) -> str:
     if re.search(LEAVES_IMAGE_ROOT, str(path)):
         raise DataError(f"{source}: image path {text!r} must be relative to the image folder, without '..'")
     return str(path)
-
-
-def utf8_text(list_file: Path) -> str:
-    data = list_file.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise DataError(f"{list_file}:{line}: not UTF-8 text (byte offset {error.start}: {error.reason}); "
-                        "save it as UTF-8") from None
 
 
 def numbered_lines(list_file: Path) -> list[tuple[int, str]]:
