@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -64,4 +66,16 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path, file,
     write_dataset(tmp_path, "a.png,0,0\n")
     (tmp_path / file).write_bytes(content)
     with pytest.raises(DataError, match=message):
+        PreparedDataset.read(tmp_path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("image_root: /data\n  extra: : x\n", "dataset.yaml:2:8: not valid YAML: mapping values are not allowed here"),
+    ("image_root: [a, b\n", "dataset.yaml:2:1: not valid YAML: expected ',' or ']', but got '<stream end>'"),
+    ("- image_root\n- /data\n", "dataset.yaml: the top level must be a mapping"),
+])
+def test_a_dataset_yaml_that_cannot_be_read_is_named_with_its_line_and_column(tmp_path, content, message):
+    write_dataset(tmp_path, "a.png,0,0\n")
+    (tmp_path / "dataset.yaml").write_text(content)
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / message))}"):
         PreparedDataset.read(tmp_path)

@@ -153,6 +153,20 @@ def utf8_text(path: Path) -> str:
                         "save it as UTF-8") from None
 
 
+def _dataset_info(path: Path) -> dict:
+    """The mapping a dataset.yaml holds; YAML that does not parse, or is not a mapping, is one line naming where."""
+    try:
+        info = yaml.safe_load(utf8_text(path)) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error)
+        raise DataError(f"{where}: not valid YAML: {' '.join(problem.split())}") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: the top level must be a mapping (image_root: ...)")
+    return info
+
+
 @dataclass
 class PreparedDataset:
     """A prepared dataset folder: class names and the four split tables (a split may be empty)."""
@@ -184,7 +198,7 @@ class PreparedDataset:
         image_root = folder
         info_file = folder / "dataset.yaml"
         if info_file.is_file():
-            info = yaml.safe_load(utf8_text(info_file)) or {}
+            info = _dataset_info(info_file)
             image_root = Path(info.get("image_root", folder))
         splits = {}
         for split in SPLITS:
