@@ -131,3 +131,15 @@ def test_bad_input_is_one_error_line_and_exit_2(runs, tmp_path):
     save_file(wider.state_dict(), str(other / "model.safetensors"))
     assert_one_error_line(predict(other, image, check=False),
                           f"error: {other / 'model.safetensors'}: these weights are not of the network")
+
+
+def test_bench_times_predict_beside_the_evaluation_pass_on_the_same_images():
+    result = subprocess.run([sys.executable, "-m", "curvenet_dist.bench", "predict", "--rounds", "2",
+                             "data.image_size=8", "model.width=8"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["images"] == 539 and figures["image_size"] == 8
+    assert len(figures["evaluation_s_all"]) == len(figures["predict_s_all"]) == 2
+    assert figures["evaluation_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
+    assert figures["predict_vs_evaluation"] > 0 and figures["predict_load_s"] >= 0

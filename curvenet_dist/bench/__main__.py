@@ -15,6 +15,7 @@ BENCHMARKS = {
     "grid": "Table 1 on Fashion-MNIST: CE / MW-Net / CurveNet over imbalance x noise cells and seeds",
     "own_data": "the own-data path on real images: image-folder lists, data_prep, CE / class-balanced CE / CurveNet",
     "scale": "curve features, epoch gather, meta set, weights and allocate start-up at Clothing1M size",
+    "predict": "predict's images/s on the CPU beside the evaluation pass's, same images, network and loader",
 }
 
 

@@ -71,7 +71,7 @@ def class_probabilities(model: torch.nn.Module, description: ModelDescription, t
     """[N, C] float32: every image's class probabilities, in table order."""
     loader = build_loader(data, table, train=False, rank=0, world_size=1, seed=0, device=device)
     autocast = autocast_for(Config(model=description.model), device)
-    served = ClassProbabilities(model)
+    served = ClassProbabilities(model).eval()
     probabilities = np.empty((len(table), description.num_classes), dtype=np.float32)
     with torch.no_grad():
         for images, _, ids in loader:
