@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from safetensors.torch import save_file
 
 from curvenet_dist.config import load_config
 from curvenet_dist.data.loader import build_loader
 from curvenet_dist.data.sample_table import PreparedDataset
-from curvenet_dist.engine.classify import class_probabilities, input_config
+from curvenet_dist.engine.classify import class_probabilities, images_table, input_config
 from curvenet_dist.engine.components import build_model
-from curvenet_dist.engine.model_file import load_run_model
+from curvenet_dist.engine.model_file import describe_model, load_run_model, write_model_file
 from tests.conftest import QUICKSTART, REPO, TINY, torchrun
 
 pytestmark = pytest.mark.slow
@@ -143,3 +144,20 @@ def test_bench_times_predict_beside_the_evaluation_pass_on_the_same_images():
     assert len(figures["evaluation_s_all"]) == len(figures["predict_s_all"]) == 2
     assert figures["evaluation_images_per_s"] > 0 and figures["predict_images_per_s"] > 0
     assert figures["predict_vs_evaluation"] > 0 and figures["predict_load_s"] >= 0
+
+
+def test_probabilities_do_not_depend_on_the_mode_the_network_comes_in(tmp_path):
+    config = load_config(QUICKSTART, [*TINY, f"run.dir={tmp_path}"])
+    write_model_file(tmp_path, build_model(config, 10, torch.device("cpu")),
+                     describe_model(config, [str(c) for c in range(10)], "allocate"))
+    (tmp_path / "metrics.json").write_text("{}")
+    model, description = load_run_model(tmp_path, torch.device("cpu"))
+    images = [tmp_path / f"{seed}.png" for seed in range(3)]
+    for seed, path in enumerate(images):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+    table = images_table(images, None, 10)
+    data = input_config(description, batch_size=3, workers=0)
+    in_eval_mode = class_probabilities(model, description, table, data, torch.device("cpu"))
+    # A training loop hands its network over in train mode: BatchNorm would use the batch's statistics.
+    in_train_mode = class_probabilities(model.train(), description, table, data, torch.device("cpu"))
+    np.testing.assert_array_equal(in_train_mode, in_eval_mode)
