@@ -46,7 +46,7 @@ def kill_allocate_after_epoch(arguments: list[str], run_dir: Path, epoch: int = 
     while not list((run_dir / "checkpoints").glob(pattern)):
         assert time.monotonic() < deadline and process.poll() is None, f"no epoch-{epoch} checkpoint appeared"
         time.sleep(0.2)
-    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob(pattern))[-1], weights_only=False)
+    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob(pattern))[-1], weights_only=True)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     return checkpoint

@@ -207,7 +207,7 @@ def uninterrupted_run(tmp_path_factory):
 
 def final_state(run_dir):
     store = CurveStore.open(run_dir / "curves.zarr", mode="r")
-    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1], weights_only=False)
+    checkpoint = torch.load(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
     assert (checkpoint["epoch"], checkpoint["batch"]) == (5, 0)
     return store.loss[:], store.group["lr"][:], checkpoint["model"]
 
