@@ -7,14 +7,16 @@ finished run's model file. Each round then times, on the config's test split, on
 - `predict`'s pass (engine/classify.py): the split's data_prep list read, the same loader, class probabilities,
   top K.
 One process on the CPU; one untimed round of each first, then medians over the rounds, the two passes taking
-turns to go first. `predict_vs_evaluation` is the median over the rounds of predict's speed relative to the
-evaluation pass's in the same round (a ratio of two passes a second apart, which shared machines' load swings
-disturb less than the images/s). Loading the model file is timed on its own (`predict_load_s`).
+turns to go first. Each pass is timed in wall seconds and in CPU seconds (this process's and its loader workers'):
+on a machine other jobs share, the wall-clock images/s follow their load, the CPU seconds a pass costs much less.
+`predict_vs_evaluation` and `predict_vs_evaluation_cpu` are medians over the rounds of predict's speed relative to
+the evaluation pass's in the same round. Loading the model file is timed on its own (`predict_load_s`).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import statistics
 import tempfile
 import time
@@ -23,6 +25,17 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (the loader's workers, joined at the end
+    of each pass)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    return round(statistics.median(n / d for n, d in zip(numerators, denominators)), 3)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -78,21 +91,26 @@ def main(argv: list[str]) -> dict:
 
         passes = [("evaluation", evaluation_pass), ("predict", predict_pass)]
         seconds: dict[str, list[float]] = {"evaluation": [], "predict": []}
+        cpu: dict[str, list[float]] = {"evaluation": [], "predict": []}
         for round_number in range(arguments.rounds + 1):
             # Each round in the other order, so a pass does not always follow the same one.
             for name, run_pass in passes if round_number % 2 else passes[::-1]:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), cpu_seconds()
                 run_pass()
                 if round_number:  # round 0 warms up
                     seconds[name].append(time.perf_counter() - start)
+                    cpu[name].append(cpu_seconds() - start_cpu)
     evaluation_s, predict_s = statistics.median(seconds["evaluation"]), statistics.median(seconds["predict"])
+    evaluation_cpu_s, predict_cpu_s = statistics.median(cpu["evaluation"]), statistics.median(cpu["predict"])
     return {"images": len(test), "image_size": config.data.image_size, "model": config.model.name,
             "batch_size": config.data.eval_batch_size, "num_workers": config.data.num_workers,
             "loader": config.data.loader, "threads": torch.get_num_threads(), "rounds": arguments.rounds,
             "evaluation_images_per_s": round(len(test) / evaluation_s, 1),
             "predict_images_per_s": round(len(test) / predict_s, 1),
-            "predict_vs_evaluation": round(statistics.median(e / p for e, p in zip(seconds["evaluation"],
-                                                                                     seconds["predict"])), 3),
+            "predict_vs_evaluation": median_ratio(seconds["evaluation"], seconds["predict"]),
+            "evaluation_images_per_cpu_s": round(len(test) / evaluation_cpu_s, 1),
+            "predict_images_per_cpu_s": round(len(test) / predict_cpu_s, 1),
+            "predict_vs_evaluation_cpu": median_ratio(cpu["evaluation"], cpu["predict"]),
             "predict_load_s": round(load_s, 3),
             "evaluation_s_all": [round(s, 4) for s in seconds["evaluation"]],
             "predict_s_all": [round(s, 4) for s in seconds["predict"]]}
