@@ -16,6 +16,7 @@ BENCHMARKS = {
     "own_data": "the own-data path on real images: image-folder lists, data_prep, CE / class-balanced CE / CurveNet",
     "scale": "curve features, epoch gather, meta set, weights and allocate start-up at Clothing1M size",
     "predict": "predict's images/s on the CPU beside the evaluation pass's, same images, network and loader",
+    "gpu": "the GPU path in one command: DALI mixed decode, ResNet-50 bf16 steps, quickstart stages on the GPU",
 }
 
 
