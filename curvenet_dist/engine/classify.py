@@ -19,12 +19,12 @@ from PIL import Image
 
 from curvenet_dist.config import Config, ConfigError, DataConfig
 from curvenet_dist.data.loader import build_loader
-from curvenet_dist.data.sample_table import SPLITS, UNKNOWN, DataError, PreparedDataset, SampleTable
+from curvenet_dist.data.sample_table import COLUMN_TYPES, SPLITS, UNKNOWN, DataError, PreparedDataset, SampleTable
 from curvenet_dist.engine.components import autocast_for
 from curvenet_dist.engine.launch import USER_ERROR_EXIT_CODE, error_line
 from curvenet_dist.engine.model_file import ClassProbabilities, ModelDescription, ModelFileError, load_run_model
 
-PREPARED_HEADER = "path,label,true_label"
+PREPARED_HEADER = ",".join(COLUMN_TYPES)
 IMAGES_ORIGIN = "the images to classify"
 
 
