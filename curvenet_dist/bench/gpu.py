@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from curvenet_dist.bench.loaders import MEAN, STD, images_per_second
-from curvenet_dist.bench.slmo import CLOTHING1M, QUICKSTART, Step, _measure
+from curvenet_dist.bench.slmo import CLOTHING1M, QUICKSTART, Step, measure_step_variants
 from curvenet_dist.config import ConfigError, load_config
 from curvenet_dist.curves.store import CurveStore, describe_damage
 from curvenet_dist.data.dali_loader import build_dali_loader
@@ -144,7 +144,7 @@ def step_rates(size: Size, device: torch.device) -> dict:
     """bench/slmo.py's plain and allocate steps for the size's model, on one device without DDP, as images/s."""
     config = load_config(str(size.step_config), ["method=curvenet", *size.step_overrides])
     step = Step(config, device, world_size=1)
-    measured = _measure(step, size.rounds, size.warmup)
+    measured = measure_step_variants(step, size.rounds, size.warmup)
     batch, plain_s = measured["batch_size"], measured["plain_step_s"]["median"]
     plain_images_per_s = batch / plain_s
     return {"model": config.model.name, "default_skip_layers": config.slmo.skip_layers, "rounds": size.rounds,

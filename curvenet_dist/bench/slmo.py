@@ -140,7 +140,7 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def _measure(step: Step, rounds: int, warmup: int) -> dict:
+def measure_step_variants(step: Step, rounds: int, warmup: int) -> dict:
     # The FLOP-counting pass is also the first warm-up round.
     flops = step.flops()
     names = list(step.variants)
@@ -181,7 +181,7 @@ def run_rank(argv: list[str]) -> None:
     world_size = dist.get_world_size()
     figures = {}
     for name, config in _model_configs(args).items():
-        measured = _measure(Step(config, device, world_size), args.rounds, args.warmup)
+        measured = measure_step_variants(Step(config, device, world_size), args.rounds, args.warmup)
         default = config.slmo.skip_layers
         figures[name] = {"ratio_default_vs_plain": measured["time_ratio"][default],
                          "flop_ratio_default": measured["flop_ratio"][default],
