@@ -38,7 +38,8 @@ def balanced_class_factors(class_counts: np.ndarray) -> torch.Tensor:
 def class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean of `values` per class (differentiable; 0 for a class absent from `labels`)."""
     sums = values.new_zeros(num_classes).index_add(0, labels, values)
-    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1)
+    # index_add, not bincount: it also runs on the meta device, where bench slmo --cost-model counts FLOPs.
+    counts = values.new_zeros(num_classes).index_add(0, labels, torch.ones_like(values)).clamp_min(1)
     return sums / counts
 
 
