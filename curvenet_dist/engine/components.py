@@ -57,7 +57,15 @@ def autocast_for(config: Config, device: torch.device):
     return contextlib.nullcontext
 
 
-def write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+def write_atomically(path: Path, write) -> None:
+    """`write(temporary)`, flushed to disk, then renamed to `path`: a reader sees the old file or the new one."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    with open(temporary, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(temporary, path)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    text = json.dumps(payload, indent=2) + "\n"
+    write_atomically(path, lambda temporary: temporary.write_text(text))

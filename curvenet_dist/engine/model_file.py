@@ -9,7 +9,6 @@ metrics.json: a run folder with metrics.json holds a whole model file.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from curvenet_dist.config import Config, ConfigError, DataConfig, ModelConfig
-from curvenet_dist.engine.components import build_model
+from curvenet_dist.engine.components import build_model, write_atomically
 from curvenet_dist.models.staged import StagedNet
 
 MODEL_WEIGHTS = "model.safetensors"
@@ -78,20 +77,11 @@ class ClassProbabilities(nn.Module):
         return self.classifier(images).float().softmax(dim=1)
 
 
-def _publish(path: Path, write) -> None:
-    """`write(temporary)`, flushed to disk, then renamed to `path`: a reader sees the old file or the new one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    with open(temporary, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
 def write_model_file(run_dir: Path, model: nn.Module, description: ModelDescription) -> None:
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    _publish(run_dir / MODEL_WEIGHTS, lambda path: save_file(weights, str(path)))
+    write_atomically(run_dir / MODEL_WEIGHTS, lambda path: save_file(weights, str(path)))
     text = yaml.safe_dump(description.to_dict(), sort_keys=False)
-    _publish(run_dir / MODEL_DESCRIPTION, lambda path: path.write_text(text))
+    write_atomically(run_dir / MODEL_DESCRIPTION, lambda path: path.write_text(text))
 
 
 def example_batch(description: ModelDescription) -> np.ndarray:
