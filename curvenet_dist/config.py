@@ -226,10 +226,6 @@ class ProbeConfig:
     """Lower LR of the cycle."""
     cycle_epochs: int = 15
     """`square`: epochs per half wave. `triangular`: epochs per half cycle (Smith's step size)."""
-    record: bool = True
-    """Record per-sample losses into the curve store (off only to measure its cost)."""
-    dir: str = ""
-    """For the allocate stage: the probe run folder whose curve store is read."""
 
     def validate(self) -> None:
         _choice("probe.schedule", self.schedule, ("square", "triangular"))
@@ -247,12 +243,15 @@ class AllocateConfig:
     epochs: int = 30
     """Allocate epochs."""
     milestones: list[int] = field(default_factory=lambda: [20, 25])
-    """Epochs at which the LR is multiplied by gamma. CurveNet is frozen at the first."""
+    """Epochs at which the LR is multiplied by gamma. A meta-learned weighting net is frozen at the first."""
     gamma: float = 0.1
     """LR decay factor."""
     warmup_epochs: int = 0
     """The first this many epochs ramp the LR up linearly, epoch e (from 0) at lr * (e + 1) / warmup_epochs (the
     reference code's allocate stage uses 5). 0: no warm-up."""
+    probe_dir: str = ""
+    """The probe run folder whose curve store this stage reads. Dynamic Loss, which ranks samples by their current
+    loss, runs without one."""
 
     def validate(self) -> None:
         _positive("allocate.epochs", self.epochs)
@@ -267,7 +266,40 @@ class AllocateConfig:
 
 
 @dataclass
-class CurveNetConfig:
+class MetaLearningConfig:
+    """What every meta-learned weighting has: the optimizer of its network, how often it takes a meta update, and
+    how much of the classifier its virtual step leaves out (SLMO). CurveNet, Meta-Weight-Net and Dynamic Loss each
+    extend it in their own section, with their own defaults."""
+
+    section: typing.ClassVar[str]
+    """The config section, which names the keys in errors."""
+    meta_lr: float
+    """Adam LR of the weighting network."""
+    meta_weight_decay: float
+    """Adam weight decay of the weighting network."""
+    meta_interval: int
+    """A meta update every this many training iterations."""
+    skip_layers: int
+    """Keep the stem and the first k stages of the classifier out of the virtual step (0: full meta step); at most
+    the backbone's stage count."""
+
+    def validate(self) -> None:
+        _positive(f"{self.section}.meta_lr", self.meta_lr)
+        _positive(f"{self.section}.meta_weight_decay", self.meta_weight_decay, allow_zero=True)
+        _positive(f"{self.section}.meta_interval", self.meta_interval)
+        _positive(f"{self.section}.skip_layers", self.skip_layers, allow_zero=True)
+
+
+@dataclass
+class CurveNetConfig(MetaLearningConfig):
+    """`method=curvenet`: a network that weighs each sample from its probe loss curve and given label."""
+
+    section = "curvenet"
+    meta_lr: float = 1e-3
+    meta_weight_decay: float = 1e-4
+    meta_interval: int = 1
+    skip_layers: int = 2
+    """2 is the paper's SL=3: the stem and stages 1-2 out, the last stage and the head virtually updated."""
     skip_epochs: int = 5
     """S: the first S probe epochs are dropped from each curve."""
     normalize_std: bool = True
@@ -279,70 +311,84 @@ class CurveNetConfig:
     """Hidden sizes of the curve branch before the P-wide layer."""
     head_hidden: list[int] = field(default_factory=lambda: [128, 64])
     """Hidden sizes after curve and label features are summed."""
-    mwnet_hidden: int = 100
-    """Hidden size of the Meta-Weight-Net baseline (1-h-1 MLP over the loss)."""
-
-    def validate(self) -> None:
-        _positive("curvenet.skip_epochs", self.skip_epochs, allow_zero=True)
-        _positive("curvenet.embedding_dim", self.embedding_dim)
-        _layer_sizes("curvenet.curve_hidden", self.curve_hidden, allow_empty=True)
-        # The head's last hidden layer feeds the output layer, so the head needs one.
-        _layer_sizes("curvenet.head_hidden", self.head_hidden, allow_empty=False)
-        _positive("curvenet.mwnet_hidden", self.mwnet_hidden)
-
-
-# Methods with fixed weights: no weighting net, no meta set.
-PLAIN_METHODS = ("ce", "balanced_ce")
-# Weight scales that evaluate the weighting net on a fixed reference sample: CurveNet only, its inputs being fixed.
-FIXED_INPUT_SCALES = ("dataset", "class")
-
-
-@dataclass
-class MetaConfig:
-    sync: str = "exact"
-    """`exact`: the meta-gradient equals one process on the union of all ranks' batches. `local`: each rank's
-    virtual step sees only its own batch (cheaper, approximate)."""
-    lr: float = 1e-3
-    """Adam LR of the weighting network."""
-    weight_decay: float = 1e-4
-    """Adam weight decay of the weighting network."""
-    interval: int = 1
-    """Run a meta update every this many iterations (Dynamic Loss: dynamic_loss.meta_interval)."""
-    batch_size: int = 100
-    """Meta batch size per rank."""
-    source: str = "carved"
-    """`carved` (bias.meta_per_class clean samples), `split` (the dataset's own meta split) or `lowest_loss`
-    (the per_class lowest mean-probe-loss samples of each class; no clean data needed). Dynamic Loss only:
-    `hierarchical` (each epoch, per class, half the smallest class's count drawn from the training set, the
-    lower-loss half kept; no clean data needed) or `hierarchical_clean` (that sample plus the carved, else the
-    split, clean set)."""
-    per_class: int = 10
-    """For `lowest_loss`: samples per class."""
-    weight_scale: str = "auto"
-    """What the weights are divided by before they weigh the loss: `dataset` (the mean weight over the training
-    set, estimated on scale_samples fixed samples; CurveNet only, its inputs being fixed per sample), `class` (the
-    mean weight of the sample's given class, estimated alike, times N / (C n_c): every class gets the same total
-    weight and CurveNet shares it out within the class; CurveNet only), `batch` (the
-    batch mean over all ranks, Meta-Weight-Net's original normalisation), `none` (DESIGN.md §5's plain mean) or
-    `auto`: `class` for CurveNet, `none` for Meta-Weight-Net (its reference code). Without a scale the meta
-    step can lower the meta loss by raising every weight (see docs/DESIGN.md)."""
+    weight_scale: str = "class"
+    """What the weights are divided by before they weigh the loss, so that the meta step cannot lower the meta loss
+    by raising every weight: `class` (the mean weight of the sample's given class, times N / (C n_c): every class
+    carries the same total weight and CurveNet shares it out within the class), `dataset` (the mean weight over the
+    training set), `batch` (the batch mean over all ranks) or `none` (the plain weighted mean). `class` and
+    `dataset` estimate their means on scale_samples fixed training samples."""
     scale_samples: int = 1024
     """For weight_scale `dataset`: how many training samples estimate the mean weight (all, if fewer); for
     `class`: this many divided by the class count, per class."""
 
     def validate(self) -> None:
-        _choice("meta.sync", self.sync, ("exact", "local"))
-        _choice("meta.source", self.source, ("carved", "split", "lowest_loss", "hierarchical", "hierarchical_clean"))
-        _choice("meta.weight_scale", self.weight_scale, ("auto", "none", "batch") + FIXED_INPUT_SCALES)
-        for key in ("lr", "interval", "batch_size", "per_class", "scale_samples"):
-            _positive(f"meta.{key}", getattr(self, key))
-        _positive("meta.weight_decay", self.weight_decay, allow_zero=True)
+        super().validate()
+        _positive("curvenet.skip_epochs", self.skip_epochs, allow_zero=True)
+        _positive("curvenet.embedding_dim", self.embedding_dim)
+        _layer_sizes("curvenet.curve_hidden", self.curve_hidden, allow_empty=True)
+        # The head's last hidden layer feeds the output layer, so the head needs one.
+        _layer_sizes("curvenet.head_hidden", self.head_hidden, allow_empty=False)
+        _choice("curvenet.weight_scale", self.weight_scale, ("class", "dataset", "batch", "none"))
+        _positive("curvenet.scale_samples", self.scale_samples)
 
 
 @dataclass
-class DynamicLossConfig:
-    """`method=dynamic_loss` (DESIGN.md §6); the defaults are the reference code's."""
+class MWNetConfig(MetaLearningConfig):
+    """`method=mwnet`: Meta-Weight-Net, a 1-h-1 MLP that weighs each sample from its current loss."""
 
+    section = "mwnet"
+    meta_lr: float = 1e-3
+    meta_weight_decay: float = 1e-4
+    meta_interval: int = 1
+    skip_layers: int = 2
+    hidden: int = 100
+    """Width of the MLP's hidden layer."""
+    weight_scale: str = "none"
+    """What the weights are divided by before they weigh the loss: `batch` (the batch mean over all ranks,
+    Meta-Weight-Net's own normalisation) or `none` (the plain weighted mean, its reference code's). Its input is
+    the current loss, so the means over fixed samples that CurveNet can use do not apply."""
+
+    def validate(self) -> None:
+        super().validate()
+        _positive("mwnet.hidden", self.hidden)
+        _choice("mwnet.weight_scale", self.weight_scale, ("batch", "none"))
+
+
+@dataclass
+class MetaConfig:
+    """The clean meta set and the meta-gradient's sync, shared by every meta-learned method."""
+
+    sync: str = "exact"
+    """`exact`: the meta-gradient equals one process on the union of all ranks' batches. `local`: each rank's
+    virtual step sees only its own batch (cheaper, approximate)."""
+    batch_size: int = 100
+    """Meta batch size per rank."""
+    source: str = "carved"
+    """`carved` (bias.meta_per_class clean samples), `split` (the dataset's own meta split) or `lowest_loss`
+    (the per_class lowest mean-probe-loss samples of each class; no clean data needed)."""
+    per_class: int = 10
+    """For `lowest_loss`: samples per class."""
+
+    def validate(self) -> None:
+        _choice("meta.sync", self.sync, ("exact", "local"))
+        if self.source in MOVED_META_SOURCES:
+            raise ConfigError(MOVED_META_SOURCES[self.source])
+        _choice("meta.source", self.source, ("carved", "split", "lowest_loss"))
+        _positive("meta.batch_size", self.batch_size)
+        _positive("meta.per_class", self.per_class)
+
+
+@dataclass
+class DynamicLossConfig(MetaLearningConfig):
+    """`method=dynamic_loss`: a label corrector and a margin generator, meta-learned on a sample of the training set
+    drawn each epoch; the defaults are the reference code's."""
+
+    section = "dynamic_loss"
+    meta_lr: float = 3e-3
+    meta_weight_decay: float = 0.0
+    meta_interval: int = 2
+    skip_layers: int = 3
+    """3 leaves only the head of a CIFAR ResNet in the virtual step."""
     buckets: int = 100
     """How many loss-rank buckets per class the label corrector tells apart."""
     hidden: int = 64
@@ -350,47 +396,32 @@ class DynamicLossConfig:
     warmup_epochs: int = 5
     """Plain CE epochs first, in which the corrector learns to reproduce the given labels."""
     warmup_corrector_steps: int = 0
-    """The corrector learns the given labels for at most this many of the warm-up's iterations (the reference: 2000);
-    0 leaves it at its initial trust of 0.98, from where the meta step can still move it (that objective saturates
-    the trust at 1; docs/DESIGN.md §9)."""
-    lr: float = 3e-3
-    """Adam LR of the corrector and generator (meta.lr is CurveNet's and MW-Net's)."""
-    weight_decay: float = 0.0
-    """Adam weight decay of the corrector and generator."""
-    skip_layers: int = 3
-    """SLMO for Dynamic Loss (slmo.skip_layers is CurveNet's and MW-Net's): 3 leaves only the head in the virtual
-    step of a CIFAR ResNet. With meta_interval 2 the grid's mean accuracy was 1.2 points higher than at 2 and 1,
-    and an epoch costs 1.43x a plain one instead of 2.31x (docs/DESIGN.md §9, docs/BENCHMARKS.md)."""
-    meta_interval: int = 2
-    """A meta update of the corrector and generator every this many iterations (meta.interval is CurveNet's and
-    MW-Net's)."""
+    """The corrector learns the given labels for at most this many of the warm-up's iterations (the reference:
+    2000); 0 leaves it at its initial trust of 0.98, from where the meta step can still move it."""
+    clean_meta: bool = False
+    """The meta set of each epoch: false, the epoch's hierarchical sample (per class, half the smallest class's
+    count drawn from the training set, the lower-loss half kept; no clean data needed); true, that sample plus the
+    clean set meta.source names."""
 
     def validate(self) -> None:
+        super().validate()
         if self.buckets < 2:
             raise ConfigError(f"dynamic_loss.buckets={self.buckets} must be >= 2: one bucket cannot rank samples")
         _positive("dynamic_loss.hidden", self.hidden)
         _positive("dynamic_loss.warmup_epochs", self.warmup_epochs, allow_zero=True)
         _positive("dynamic_loss.warmup_corrector_steps", self.warmup_corrector_steps, allow_zero=True)
-        _positive("dynamic_loss.lr", self.lr)
-        _positive("dynamic_loss.weight_decay", self.weight_decay, allow_zero=True)
-        _positive("dynamic_loss.skip_layers", self.skip_layers, allow_zero=True)
-        _positive("dynamic_loss.meta_interval", self.meta_interval)
-
-
-HIERARCHICAL_SOURCES = ("hierarchical", "hierarchical_clean")
 
 
 @dataclass
-class SLMOConfig:
-    skip_layers: int = 2
-    """Keep the stem and the first k stages out of the virtual step (0: full meta step). Checked against the
-    backbone's stage count. 2 is the paper's SL=3 (the reference's fro_stage=3: the stem and stages 1-2 out, the
-    last stage and the head virtually updated); 3 on a CIFAR ResNet leaves only the head, whose meta-gradient was
-    too weak to learn the within-class signal (docs/DESIGN.md §9). docs/BENCHMARKS.md has each value's cost.
-    CurveNet's and MW-Net's; Dynamic Loss has its own, dynamic_loss.skip_layers."""
+class LogitAdjustConfig:
+    """`method=logit_adjust`: logit-adjusted cross-entropy (Menon et al. 2021), no weighting net."""
+
+    tau: float = 1.0
+    """The classifier trains on logits + tau * log(class prior), the prior being the training set's class
+    frequencies; predictions use the plain logits. 0 is plain CE."""
 
     def validate(self) -> None:
-        _positive("slmo.skip_layers", self.skip_layers, allow_zero=True)
+        _positive("logit_adjust.tau", self.tau, allow_zero=True)
 
 
 @dataclass
@@ -407,6 +438,9 @@ class TrackingConfig:
             raise ConfigError("tracking.experiment must name the MLflow experiment when tracking.enabled=true")
 
 
+METHODS = ("ce", "balanced_ce", "logit_adjust", "mwnet", "curvenet", "dynamic_loss")
+
+
 @dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
@@ -417,47 +451,26 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
     method: str = "curvenet"
-    """Allocate-stage weighting: `curvenet`, `mwnet` (Meta-Weight-Net), `dynamic_loss` (label corrector and margin
-    generator; needs meta.source=hierarchical or hierarchical_clean), `ce` (every weight 1) or `balanced_ce` (the
-    class-balanced baseline: every sample of given class c weighs N / (C n_c), so each class carries the same total
-    weight; no meta-learning)."""
-    curvenet: CurveNetConfig = field(default_factory=CurveNetConfig)
+    """Allocate-stage training: `ce` (every weight 1), `balanced_ce` (every sample of given class c weighs
+    N / (C n_c), so each class carries the same total weight), `logit_adjust` (logit-adjusted CE), `mwnet`
+    (Meta-Weight-Net), `curvenet` or `dynamic_loss` (label corrector and margin generator). Each has its section
+    below; the meta-learned ones also read `meta`."""
     meta: MetaConfig = field(default_factory=MetaConfig)
+    curvenet: CurveNetConfig = field(default_factory=CurveNetConfig)
+    mwnet: MWNetConfig = field(default_factory=MWNetConfig)
     dynamic_loss: DynamicLossConfig = field(default_factory=DynamicLossConfig)
-    slmo: SLMOConfig = field(default_factory=SLMOConfig)
+    logit_adjust: LogitAdjustConfig = field(default_factory=LogitAdjustConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
         for key, value in _float_values(self, ""):
             if not math.isfinite(value):
                 raise ConfigError(f"{key}={value} must be a finite number")
-        _choice("method", self.method, ("curvenet", "mwnet", "dynamic_loss") + PLAIN_METHODS)
-        if self.method == "dynamic_loss":
-            if self.meta.source not in HIERARCHICAL_SOURCES:
-                raise ConfigError(f"meta.source={self.meta.source!r} is not allowed for method=dynamic_loss; choose "
-                                  f"one of: {', '.join(HIERARCHICAL_SOURCES)}")
-            if self.meta.weight_scale not in ("auto", "none"):
-                raise ConfigError(f"meta.weight_scale={self.meta.weight_scale!r} does not apply to "
-                                  f"method=dynamic_loss (its trust weights mix targets); use auto or none")
-        elif self.meta.source in HIERARCHICAL_SOURCES:
-            raise ConfigError(f"meta.source={self.meta.source!r} is Dynamic Loss's; method={self.method!r} takes "
-                              f"carved, split or lowest_loss")
-        if self.meta.weight_scale in FIXED_INPUT_SCALES and self.method == "mwnet":
-            raise ConfigError(f"meta.weight_scale={self.meta.weight_scale!r} needs inputs fixed per sample (CurveNet's "
-                              "curves); Meta-Weight-Net's input is the current loss: use auto, batch or none")
+        _choice("method", self.method, METHODS)
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section) and hasattr(section, "validate"):
                 section.validate()
-
-    def weight_scale(self) -> str:
-        """meta.weight_scale with `auto` resolved for this method (`none` for the fixed-weight methods, which have
-        no weighting net to scale)."""
-        if self.method in PLAIN_METHODS:
-            return "none"
-        if self.meta.weight_scale != "auto":
-            return self.meta.weight_scale
-        return "class" if self.method == "curvenet" else "none"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -526,12 +539,49 @@ def _coerce(key: str, value: object, annotation: object) -> object:
     raise ConfigError(f"{key}: unsupported type {annotation}")
 
 
+# Keys of earlier layouts: a config that still names one stops with the line that says where it went.
+MOVED_KEYS = {
+    "probe.dir": "probe.dir has moved: set allocate.probe_dir",
+    "probe.record": "probe.record is removed: the probe always records every sample's loss",
+    "slmo.skip_layers": "slmo.skip_layers has moved: set curvenet.skip_layers (CurveNet), mwnet.skip_layers "
+                        "(Meta-Weight-Net) or dynamic_loss.skip_layers",
+    "meta.lr": "meta.lr has moved: set curvenet.meta_lr (CurveNet) or mwnet.meta_lr (Meta-Weight-Net)",
+    "meta.weight_decay": "meta.weight_decay has moved: set curvenet.meta_weight_decay (CurveNet) or "
+                         "mwnet.meta_weight_decay (Meta-Weight-Net)",
+    "meta.interval": "meta.interval has moved: set curvenet.meta_interval (CurveNet) or mwnet.meta_interval "
+                     "(Meta-Weight-Net)",
+    "meta.weight_scale": "meta.weight_scale has moved: set curvenet.weight_scale (CurveNet) or mwnet.weight_scale "
+                         "(Meta-Weight-Net)",
+    "meta.scale_samples": "meta.scale_samples has moved: set curvenet.scale_samples",
+    "curvenet.mwnet_hidden": "curvenet.mwnet_hidden has moved: set mwnet.hidden",
+    "dynamic_loss.lr": "dynamic_loss.lr has moved: set dynamic_loss.meta_lr",
+    "dynamic_loss.weight_decay": "dynamic_loss.weight_decay has moved: set dynamic_loss.meta_weight_decay",
+}
+MOVED_META_SOURCES = {
+    "hierarchical": "meta.source='hierarchical' has moved: set method=dynamic_loss with dynamic_loss.clean_meta=false",
+    "hierarchical_clean": "meta.source='hierarchical_clean' has moved: set method=dynamic_loss with "
+                          "dynamic_loss.clean_meta=true (the clean set is the one meta.source names)",
+}
+
+
+def _moved_key(dotted: str, value: object) -> str | None:
+    """MOVED_KEYS's line for `dotted`, or for a key inside it when it is a section that is gone (slmo)."""
+    if dotted in MOVED_KEYS:
+        return MOVED_KEYS[dotted]
+    if isinstance(value, dict):
+        return next((MOVED_KEYS[f"{dotted}.{key}"] for key in value if f"{dotted}.{key}" in MOVED_KEYS), None)
+    return None
+
+
 def _apply(target: object, values: dict, prefix: str, source: str) -> None:
     hints = typing.get_type_hints(type(target))
     names = {f.name for f in dataclasses.fields(target)}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in names:
+            moved = _moved_key(dotted, value)
+            if moved is not None:
+                raise ConfigError(f"{source}: {moved}")
             raise ConfigError(f"{source}: unknown key {dotted!r}; known keys here: {', '.join(sorted(names))}")
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):

@@ -27,7 +27,7 @@ def main() -> None:
     torchrun_stage(arguments.nproc, "probe", [*base, f"run.dir={root / 'probe'}"])
     for method in METHODS:
         torchrun_stage(arguments.nproc, "allocate",
-                 [*base, f"probe.dir={root / 'probe'}", f"run.dir={root / method}", f"method={method}"])
+                       [*base, f"allocate.probe_dir={root / 'probe'}", f"run.dir={root / method}", f"method={method}"])
     probe = json.loads((root / "probe" / "metrics.json").read_text())
     print("\nquickstart summary")
     print(f"  curve store:  {probe['curve_store']}")

@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from curvenet_dist.bench.__main__ import main as bench
-from curvenet_dist.bench.grid import parse_arguments, plan_runs
+from curvenet_dist.bench.grid import markdown, parse_arguments, plan_runs
+from curvenet_dist.config import load_config
 
 TINY_GRID = ["--cells", "prop-imb10-n0.4", "--seeds", "0", "--methods", "ce", "curvenet", "--nproc", "1",
              "data.source=digits", "data.train_per_class=0", "data.image_size=8", "data.batch_size=64",
@@ -89,3 +90,19 @@ def test_any_cell_is_named_by_its_bias_and_a_bad_name_stops_with_one_line(tmp_pa
             parse_arguments(["--cells", name])
         assert stop.value.code == 2
         assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_every_method_runs_on_each_probe_with_its_own_settings(tmp_path):
+    arguments = parse_arguments(["--cells", "prop-imb10-n0.4", "--seeds", "0"])
+    probe, *allocate = plan_runs(arguments, tmp_path)
+    methods = [run.arguments[-1].removeprefix("method=") for run in allocate]
+    assert methods == ["ce", "balanced_ce", "logit_adjust", "mwnet", "curvenet", "dynamic_loss"]
+    configs = {}
+    for method, run in zip(methods, allocate):
+        assert run.arguments[:2] == ["--config", arguments.config]
+        configs[method] = load_config(arguments.config, run.arguments[2:])
+        assert configs[method].allocate.probe_dir == str(probe.folder)
+    assert configs["mwnet"].mwnet.skip_layers == 0 and configs["curvenet"].curvenet.skip_layers == 2
+    assert configs["dynamic_loss"].dynamic_loss.clean_meta and configs["dynamic_loss"].meta.source == "carved"
+    title = markdown([], {}, {}, arguments).splitlines()[0]
+    assert title == ("# Grid: CE, class-balanced CE, Logit adjustment, Meta-Weight-Net, CurveNet, Dynamic Loss")

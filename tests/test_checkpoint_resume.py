@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 # The quickstart's data and meta settings on a tiny network; CurveNet is meta-learned in every epoch, so a resumed
 # epoch needs the weighting net, both optimizers and the meta-batch position.
 ALLOCATE = [*TINY, "allocate.epochs=4", "allocate.milestones=[3]", "curvenet.skip_epochs=1", "meta.batch_size=20",
-            "slmo.skip_layers=2"]
+            "curvenet.skip_layers=2"]
 DRIVER = "import sys; from curvenet_dist.engine.launch import torchrun_stage; torchrun_stage(2, 'allocate', sys.argv[1:])"
 
 
@@ -30,7 +30,7 @@ def probe_run(tmp_path_factory):
 
 
 def arguments(probe_run, run_dir, batch_size):
-    return ["--config", str(QUICKSTART), f"probe.dir={probe_run}", f"run.dir={run_dir}", *ALLOCATE,
+    return ["--config", str(QUICKSTART), f"allocate.probe_dir={probe_run}", f"run.dir={run_dir}", *ALLOCATE,
             f"data.batch_size={batch_size}"]
 
 

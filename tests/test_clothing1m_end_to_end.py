@@ -33,7 +33,7 @@ def test_clothing1m_layout_runs_probe_and_allocate_through_dali(tmp_path):
     train_rows = (prepared / "train.csv").read_text().strip().splitlines()[1:]
     assert store.num_samples == len(train_rows)
 
-    torchrun("allocate.py", 2, ["--config", CONFIG, f"probe.dir={probe_dir}", f"run.dir={allocate_dir}",
+    torchrun("allocate.py", 2, ["--config", CONFIG, f"allocate.probe_dir={probe_dir}", f"run.dir={allocate_dir}",
                                 "method=curvenet", *data, *SMALL])
     metrics = json.loads((allocate_dir / "metrics.json").read_text())
     assert metrics["method"] == "curvenet" and metrics["world_size"] == 2 and metrics["skip_layers"] == 4

@@ -26,10 +26,10 @@ def trainer_tags(config, world_size: int, probe_dir=None, probe_run_id: str = ""
             "imbalance_factor": str(bias.imbalance_factor), "world_size": str(world_size),
             "method": "probe" if probe_dir is None else config.method, "model": config.model.name}
     if probe_dir is not None:
-        tags |= {"skip_layers": str(config.slmo.skip_layers), "meta_sync": config.meta.sync,
-                 "probe_dir": str(probe_dir), "probe_run_id": probe_run_id}
+        tags |= {"meta_sync": config.meta.sync, "probe_dir": str(probe_dir), "probe_run_id": probe_run_id}
         if config.method != "ce":
-            tags["meta_source"] = config.meta.source
+            tags |= {"skip_layers": str(getattr(config, config.method).skip_layers),
+                     "meta_source": "hierarchical" if config.method == "dynamic_loss" else config.meta.source}
     return tags
 
 
@@ -67,9 +67,8 @@ def experiment(mlflow_server, tmp_path_factory):
             ("curvenet-k2", "curvenet", 2, 2, 0.82, {"wall_s": 30.0, "noise_auroc": 0.91, "noise_ap": 0.8}),
             ("curvenet-k0", "curvenet", 0, 1, 0.78, {"wall_s": 50.0, "noise_auroc": 0.88, "noise_ap": 0.7}),
             ("dynamic-loss", "dynamic_loss", 2, 2, 0.75, {"wall_s": 40.0, "noise_auroc": 0.61, "noise_ap": 0.4})):
-        source = ["meta.source=hierarchical"] if method == "dynamic_loss" else []
-        config = load_config(QUICKSTART, [*common, f"method={method}", f"slmo.skip_layers={skip_layers}",
-                                          f"probe.dir={probe_dir}", *source])
+        depth = [f"{method}.skip_layers={skip_layers}"] if method != "ce" else []
+        config = load_config(QUICKSTART, [*common, f"method={method}", *depth, f"allocate.probe_dir={probe_dir}"])
         tags = trainer_tags(config, world_size, probe_dir, run_ids["probe"])
         run_ids[run_name] = log_run(config, folder / run_name, "allocate", tags, test_acc, final)
     return name, run_ids

@@ -62,7 +62,7 @@ def test_a_lost_chunk_is_recorded_again_by_the_next_probe_start(probe_run, tmp_p
 def test_allocate_stops_with_one_line_on_a_damaged_epoch(probe_run, tmp_path, damage, problem):
     run_dir = copy_run(probe_run, tmp_path)
     damage(run_dir / "curves.zarr" / "loss" / "c" / "0" / "2")
-    result = torchrun("allocate.py", 2, ["--config", str(QUICKSTART), f"probe.dir={run_dir}",
+    result = torchrun("allocate.py", 2, ["--config", str(QUICKSTART), f"allocate.probe_dir={run_dir}",
                                          f"run.dir={tmp_path / 'allocate'}", *TINY, "allocate.epochs=2",
                                          "allocate.milestones=[1]", "curvenet.skip_epochs=1", "method=curvenet"],
                       check=False)

@@ -44,6 +44,13 @@ def test_carved_source_needs_a_carve_out(tmp_path):
         select_meta_set(MetaConfig(source="carved"), splits(), store)
 
 
+def test_lowest_loss_without_a_probe_store_names_allocate_probe_dir():
+    # Dynamic Loss runs without a probe; its clean_meta set can still name meta.source=lowest_loss.
+    with pytest.raises(ConfigError, match="meta.source='lowest_loss' ranks samples by their probe losses; set "
+                                          "allocate.probe_dir"):
+        select_meta_set(MetaConfig(source="lowest_loss", per_class=1), splits(), None)
+
+
 def test_lowest_loss_refuses_a_store_with_unfinished_epochs(tmp_path):
     labels = np.array([0, 0, 1, 1, 2, 2])
     store = CurveStore.open_or_create(tmp_path / "c.zarr", fingerprint="f", dataset_fingerprint="d", labels=labels,
@@ -64,7 +71,7 @@ def test_every_method_stops_with_one_line_on_an_unfinished_store(tmp_path, metho
     probe_dir = tmp_path / "probe"
     torchrun("probe.py", 1, ["--config", str(QUICKSTART), f"run.dir={probe_dir}", *TINY, "probe.epochs=2"])
     CurveStore.open(probe_dir / "curves.zarr").discard_from(1)  # as a probe killed during its second epoch leaves it
-    result = torchrun("allocate.py", 2, ["--config", str(QUICKSTART), f"probe.dir={probe_dir}",
+    result = torchrun("allocate.py", 2, ["--config", str(QUICKSTART), f"allocate.probe_dir={probe_dir}",
                                          f"run.dir={tmp_path / 'allocate'}", *TINY, f"method={method}",
                                          "meta.source=lowest_loss", "curvenet.skip_epochs=0"], check=False)
     assert_clean_error(result, "probe epochs [2] are not recorded (1 of 2 are) and meta.source=lowest_loss needs them")

@@ -37,7 +37,7 @@ def runs(tmp_path_factory, mlflow_server):
     folder = tmp_path_factory.mktemp("predict")
     data = [f"data.path={folder / 'digits'}"]
     torchrun("probe.py", 2, ["--config", str(QUICKSTART), f"run.dir={folder / 'probe'}", *TINY, *data])
-    torchrun("allocate.py", 2, ["--config", str(QUICKSTART), f"probe.dir={folder / 'probe'}",
+    torchrun("allocate.py", 2, ["--config", str(QUICKSTART), f"allocate.probe_dir={folder / 'probe'}",
                                 f"run.dir={folder / 'curvenet'}", *TINY, *ALLOCATE, *data, "tracking.enabled=true",
                                 f"tracking.uri={mlflow_server}", "tracking.experiment=predict"])
     return folder

@@ -75,9 +75,9 @@ def test_probe_then_allocate_with_two_processes_each(slurm_cluster: SlurmCluster
     probe_job = slurm_cluster.submit(*probe_command(run_dir, data_dir, epochs), cwd=tmp_path, env=environment)
     # Both stages queued at once, the allocate stage held until the probe succeeds.
     allocate_job = slurm_cluster.submit(
-        f"--dependency=afterok:{probe_job}", str(ALLOCATE_SCRIPT), "configs/quickstart.yaml", f"probe.dir={run_dir}",
-        f"run.dir={allocate_dir}", f"data.path={data_dir}", "method=curvenet", "allocate.epochs=2",
-        "allocate.milestones=[1]", *SMALL, cwd=tmp_path, env=environment)
+        f"--dependency=afterok:{probe_job}", str(ALLOCATE_SCRIPT), "configs/quickstart.yaml",
+        f"allocate.probe_dir={run_dir}", f"run.dir={allocate_dir}", f"data.path={data_dir}", "method=curvenet",
+        "allocate.epochs=2", "allocate.milestones=[1]", *SMALL, cwd=tmp_path, env=environment)
 
     slurm_cluster.wait_for_state(probe_job, {"COMPLETED"}, timeout_s=400)
     assert json.loads((run_dir / "metrics.json").read_text())

@@ -23,7 +23,7 @@ from tests.conftest import REPO, TINY, torchrun
 pytestmark = pytest.mark.slow
 PREPARED = str(REPO / "configs" / "prepared.yaml")
 ALLOCATE = ["allocate.epochs=3", "allocate.milestones=[2]", "curvenet.skip_epochs=1", "meta.batch_size=20",
-            "slmo.skip_layers=2"]
+            "curvenet.skip_layers=2"]
 
 
 def digits_folder(root, rng):
@@ -80,9 +80,10 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
     assert store.labels.tolist() == given.tolist() and store.true_labels.tolist() == true.tolist()
     assert (probe_dir / "loss_curves.png").is_file(), "Fig. 1 from the audited samples"
 
-    result = torchrun("allocate.py", 2, ["--config", PREPARED, f"probe.dir={probe_dir}", f"run.dir={curvenet_dir}",
-                                         "method=curvenet", *data, *ALLOCATE, "tracking.enabled=true",
-                                         f"tracking.uri={mlflow_server}", "tracking.experiment=user-data"])
+    result = torchrun("allocate.py", 2, ["--config", PREPARED, f"allocate.probe_dir={probe_dir}",
+                                         f"run.dir={curvenet_dir}", "method=curvenet", *data, *ALLOCATE,
+                                         "tracking.enabled=true", f"tracking.uri={mlflow_server}",
+                                         "tracking.experiment=user-data"])
     assert f"a meta update every 1 batch(es) ({2 * steps} before the freeze)" in result.stdout
     assert f"2 rank(s) x batch 64: {steps} steps an epoch" in result.stdout
     metrics = json.loads((curvenet_dir / "metrics.json").read_text())

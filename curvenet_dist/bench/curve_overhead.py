@@ -34,10 +34,9 @@ def _worker(arguments: argparse.Namespace) -> None:
         times: dict[bool, list[float]] = {True: [], False: []}
         for epoch in range(2 * arguments.rounds + 1):
             record = epoch % 2 == 1
-            config.probe.record = record
             barrier()
             start = time.perf_counter()
-            trainer.train_and_record_epoch(epoch, store)
+            trainer.train_and_record_epoch(epoch, store, record=record)
             barrier()
             if epoch > 0:  # epoch 0 warms up
                 times[record].append(time.perf_counter() - start)

@@ -1,4 +1,4 @@
-"""The `dynamic_loss` benchmark: the cost of a Dynamic Loss epoch against a plain CE epoch (issue 9).
+"""The `dynamic_loss` benchmark: the cost of a Dynamic Loss epoch against a plain CE epoch.
 
 A Dynamic Loss epoch is N/B allocate iterations (virtual step, meta step, actual step with corrected targets and
 margins) plus one evaluation pass over the N training samples (ranks and sampled predictions). Both parts are

@@ -147,7 +147,7 @@ def step_rates(size: Size, device: torch.device) -> dict:
     measured = measure_step_variants(step, size.rounds, size.warmup)
     batch, plain_s = measured["batch_size"], measured["plain_step_s"]["median"]
     plain_images_per_s = batch / plain_s
-    return {"model": config.model.name, "default_skip_layers": config.slmo.skip_layers, "rounds": size.rounds,
+    return {"model": config.model.name, "default_skip_layers": config.curvenet.skip_layers, "rounds": size.rounds,
             "plain_images_per_s": round(plain_images_per_s, 1),
             "allocate_images_per_s": {skip: round(batch / seconds["median"], 1)
                                       for skip, seconds in measured["allocate_step_s"].items()},
@@ -173,7 +173,8 @@ def run_stages(root: Path, device: torch.device, nproc: int, overrides: list[str
     probe_dir, allocate_dir = root / "probe", root / "curvenet"
     seconds = {}
     for stage, arguments in (("probe", [f"run.dir={probe_dir}"]),
-                             ("allocate", [f"probe.dir={probe_dir}", f"run.dir={allocate_dir}", "method=curvenet"])):
+                             ("allocate", [f"allocate.probe_dir={probe_dir}", f"run.dir={allocate_dir}",
+                                           "method=curvenet"])):
         start = time.perf_counter()
         torchrun_stage(nproc, stage, [*base, *arguments], quiet=True)
         seconds[stage] = round(time.perf_counter() - start, 1)

@@ -51,18 +51,18 @@ def cell(name: str) -> dict[str, object]:
             "bias.noise_rate": float(match["rate"])}
 
 
-# The issue-8 grid: the reference's noise model at imbalance {10, 50} x noise {0.2, 0.4}, and one flip2 cell.
+# The grid: the reference's noise model at imbalance {10, 50} x noise {0.2, 0.4}, and one flip2 cell.
 CELLS = [f"prop-imb{imbalance}-n{rate}" for imbalance in (10, 50) for rate in (0.2, 0.4)] + ["flip2-imb10-n0.4"]
 QUICK_CELL = "prop-imb10-n0.4"
-METHODS = ("ce", "balanced_ce", "mwnet", "curvenet", "dynamic_loss")
+METHODS = ("ce", "balanced_ce", "logit_adjust", "mwnet", "curvenet", "dynamic_loss")
 # Meta-Weight-Net's reference code takes its virtual step over the whole network: the baseline runs that way, not
-# with CurveNet's SLMO default. Dynamic Loss draws its meta set from the training set each epoch; with the cell's
-# clean meta set added (`hierarchical_clean`) it sees the same clean data as the other methods. Applied after the
+# with the SLMO default. Dynamic Loss draws its meta set from the training set each epoch; with the cell's clean
+# meta set added (dynamic_loss.clean_meta) it sees the same clean data as the other methods. Applied after the
 # command line's overrides, so each method stays as configured here.
-METHOD_OVERRIDES = {"mwnet": ["slmo.skip_layers=0"], "dynamic_loss": ["meta.source=hierarchical_clean"]}
+METHOD_OVERRIDES = {"mwnet": ["mwnet.skip_layers=0"], "dynamic_loss": ["dynamic_loss.clean_meta=true"]}
 FIGURES = ("test_acc", "few_acc", "noise_auroc", "noise_auroc_within_class")
-METHOD_NAMES = {"ce": "CE", "balanced_ce": "class-balanced CE", "mwnet": "Meta-Weight-Net", "curvenet": "CurveNet",
-                "dynamic_loss": "Dynamic Loss"}
+METHOD_NAMES = {"ce": "CE", "balanced_ce": "class-balanced CE", "logit_adjust": "Logit adjustment",
+                "mwnet": "Meta-Weight-Net", "curvenet": "CurveNet", "dynamic_loss": "Dynamic Loss"}
 
 
 @dataclass
@@ -116,7 +116,7 @@ def plan_runs(arguments: argparse.Namespace, root: Path) -> list[Run]:
             for method in arguments.methods:
                 folder = run_folder(root, name, seed, method)
                 runs.append(Run(f"{name} seed {seed} {method}", "allocate", folder,
-                                [*base, *METHOD_OVERRIDES.get(method, []), f"probe.dir={probe_dir}",
+                                [*base, *METHOD_OVERRIDES.get(method, []), f"allocate.probe_dir={probe_dir}",
                                  f"run.dir={folder}", f"method={method}"]))
     return runs
 

@@ -1,4 +1,4 @@
-"""CE vs class-balanced CE vs Meta-Weight-Net vs CurveNet on the same data, seeds and epochs.
+"""CE vs class-balanced CE vs logit-adjusted CE vs Meta-Weight-Net vs CurveNet on the same data, seeds and epochs.
 
 For each seed: one probe run, then one allocate run per method from its curve store, each under torchrun
 (2 gloo ranks by default). Figures: per method, the mean and std over seeds of test / many / medium / few-shot
@@ -20,7 +20,7 @@ from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.tracking.report import mean_loss_detector
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = ("ce", "balanced_ce", "mwnet", "curvenet")
+METHODS = ("ce", "balanced_ce", "logit_adjust", "mwnet", "curvenet")
 FIGURES = ("test_acc", "many_acc", "medium_acc", "few_acc", "noise_auroc", "noise_auroc_within_class", "noise_ap")
 
 
@@ -45,8 +45,8 @@ def run_seed(root: Path, seed: int, base: list[str], methods: list[str], nproc: 
     results = {}
     for method in methods:
         run_dir = root / f"seed{seed}" / method
-        torchrun_stage(nproc, "allocate", [*base, f"probe.dir={probe_dir}", f"run.dir={run_dir}", f"method={method}"],
-                       quiet=True)
+        torchrun_stage(nproc, "allocate",
+                       [*base, f"allocate.probe_dir={probe_dir}", f"run.dir={run_dir}", f"method={method}"], quiet=True)
         metrics = results[method] = json.loads((run_dir / "metrics.json").read_text())
         separation = (f", noise AUROC {metrics['noise_auroc']:.3f} (mean probe loss "
                       f"{detector['detector_auroc']:.3f})" if "noise_auroc" in metrics else "")

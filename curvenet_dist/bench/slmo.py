@@ -84,9 +84,10 @@ class Step:
         # A small LR keeps many steps on random data finite; the step's cost does not depend on it.
         optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=config.optim.momentum,
                                     weight_decay=config.optim.weight_decay, nesterov=config.optim.nesterov)
-        net_optimizer = weighting_optimizer(self.weighting_net.parameters(), config.meta.lr, config.meta.weight_decay)
-        scale_samples = config.meta.scale_samples
-        scale = WeightScale(config.weight_scale(), config.meta.sync,
+        net_optimizer = weighting_optimizer(self.weighting_net.parameters(), settings.meta_lr,
+                                            settings.meta_weight_decay)
+        scale_samples = settings.scale_samples
+        scale = WeightScale(settings.weight_scale, config.meta.sync,
                             torch.randn(scale_samples, curve_length, device=device),
                             torch.randint(0, NUM_CLASSES, (scale_samples,), device=device), np.full(NUM_CLASSES, 100))
         data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
@@ -182,7 +183,7 @@ def run_rank(argv: list[str]) -> None:
     figures = {}
     for name, config in _model_configs(args).items():
         measured = measure_step_variants(Step(config, device, world_size), args.rounds, args.warmup)
-        default = config.slmo.skip_layers
+        default = config.curvenet.skip_layers
         figures[name] = {"ratio_default_vs_plain": measured["time_ratio"][default],
                          "flop_ratio_default": measured["flop_ratio"][default],
                          "default_skip_layers": default, "world_size": world_size, **measured}

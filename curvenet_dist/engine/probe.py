@@ -74,11 +74,13 @@ class ProbeTrainer:
                                          true_labels=self.train_table.true_labels, num_epochs=self.config.probe.epochs)
 
     def train_and_record_epoch(self, epoch: int, store: CurveStore | None, start_batch: int = 0,
-                               partial: dict | None = None, wall_s: float = 0.0) -> tuple[float, float]:
-        """One probe epoch; with probe.record, column `epoch` of the curve store. Returns (mean loss, last LR);
-        rank 0's mean loss is then the recorded column's."""
-        ids, losses, mean_loss, lr = self._train_epoch(epoch, start_batch, partial, wall_s)
-        if self.config.probe.record:
+                               partial: dict | None = None, wall_s: float = 0.0,
+                               record: bool = True) -> tuple[float, float]:
+        """One probe epoch, recorded as column `epoch` of the curve store. Returns (mean loss, last LR); rank 0's
+        mean loss is the recorded column's. `record=False` trains the epoch without keeping, gathering or writing
+        the per-sample losses: what bench curve_overhead compares against."""
+        ids, losses, mean_loss, lr = self._train_epoch(epoch, start_batch, partial, wall_s, record)
+        if record:
             # Only rank 0, which holds the store (and logs), receives the epoch's losses.
             epoch_losses = gather_by_id(ids, losses, len(self.train_table), dst=0)
             if store is not None:
@@ -141,11 +143,10 @@ class ProbeTrainer:
         barrier()
         return result
 
-    def _train_epoch(self, epoch: int, start_batch: int, partial: dict | None, wall_s: float):
+    def _train_epoch(self, epoch: int, start_batch: int, partial: dict | None, wall_s: float, record: bool):
         config, device = self.config, self.context.device
         self.train_loader.set_epoch(epoch, start_batch)
         batches = len(self.train_loader) + start_batch
-        record = config.probe.record
         ids_seen = [partial["ids"].to(device)] if partial else []
         losses_seen = [partial["losses"].to(device)] if partial else []
         loss_sum = torch.zeros((), device=device)
@@ -206,7 +207,7 @@ class ProbeTrainer:
     def _resume(self, store: CurveStore | None) -> tuple[int, int, dict | None, float]:
         """(epoch, batch, this rank's partial recordings, wall seconds so far) from the newest checkpoint that is not
         past an epoch the curve store lacks (rank 0's `store`)."""
-        if store is not None and self.config.probe.record:
+        if store is not None:
             self._remove_checkpoints_past_the_store(store)
         barrier()
         loaded = self.checkpointer.load_latest(self.progress.say, map_location=self.context.device)
@@ -250,7 +251,7 @@ class ProbeTrainer:
         tracker.log_artifact(self.run_dir / "config.yaml")
         tracker.log_artifact(self.run_dir / "metrics.json")
         store = CurveStore.open(self.store_path, mode="r")
-        if self.config.probe.record and len(store.complete_epochs()) == store.num_epochs:
+        if len(store.complete_epochs()) == store.num_epochs:
             figure = plot_loss_curves(store.loss[:], store.labels, store.true_labels, self.run_dir / "loss_curves.png")
             if figure is not None:
                 tracker.log_artifact(figure)

@@ -1,4 +1,5 @@
-"""How the weighting net's outputs are scaled before they weigh the loss (`meta.weight_scale`).
+"""How the weighting net's outputs are scaled before they weigh the loss (`curvenet.weight_scale`,
+`mwnet.weight_scale`).
 
 With DESIGN.md §5's plain mean_i G_i * L_i, the meta step lowers the meta loss fastest by raising *every*
 weight: a larger virtual step. Trained long enough, every weight saturates at the top (plain CE). Dividing by a
@@ -19,10 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from curvenet_dist.config import FIXED_INPUT_SCALES, ConfigError
 from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_reduce_mean
-
-WEIGHT_SCALES = ("none", "batch") + FIXED_INPUT_SCALES
 
 
 def balanced_class_factors(class_counts: np.ndarray) -> torch.Tensor:
@@ -46,13 +44,9 @@ def class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
 class WeightScale:
     def __init__(self, mode: str, sync: str = "exact", reference_curves: torch.Tensor | None = None,
                  reference_labels: torch.Tensor | None = None, class_counts: np.ndarray | None = None):
-        if mode not in WEIGHT_SCALES:
-            raise ConfigError(f"meta.weight_scale={mode!r} is not allowed; choose one of: {', '.join(WEIGHT_SCALES)}")
-        if mode in FIXED_INPUT_SCALES and (reference_curves is None or reference_labels is None):
-            raise ConfigError(f"meta.weight_scale={mode!r} needs per-sample inputs fixed for the run (CurveNet's "
-                              "curves); use 'batch' or 'none' for a weighting net over the current loss")
-        if mode == "class" and class_counts is None:
-            raise ConfigError("meta.weight_scale='class' needs the training set's class counts")
+        """`mode`: a weight scale its method's config has checked (`none`, `batch`, `dataset` or `class`).
+        `dataset` and `class` take the fixed reference sample's inputs and labels (reference_sample), `class`
+        also the training set's class counts."""
         self.mode, self.sync = mode, sync
         self.reference_curves, self.reference_labels = reference_curves, reference_labels
         self.class_factors = (balanced_class_factors(class_counts).to(reference_curves)

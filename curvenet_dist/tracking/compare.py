@@ -17,7 +17,7 @@ flips that.
 The same comparison in the MLflow UI: open the experiment, tick the runs, press Compare. Runs line up by
 - the tags `stage`, `method`, `meta_source`, `skip_layers`, `meta_sync`, `world_size`, `dataset`, `noise_type`, `noise_rate`,
   `imbalance_factor` (allocate runs also carry `probe_run_id`, the probe they were trained on);
-- the params that differ between otherwise equal runs, e.g. `method`, `slmo.skip_layers`, `meta.sync`,
+- the params that differ between otherwise equal runs, e.g. `method`, `curvenet.skip_layers`, `meta.sync`,
   `bias.noise_rate`, `bias.imbalance_factor`, `data.source`, `allocate.epochs`;
 - the metrics `test_acc`, `many_acc`, `medium_acc`, `few_acc`, `noise_auroc`, `noise_ap`, `wall_s`, and
   `samples_per_s` / `test_acc` against the step (epoch) in the metric charts.

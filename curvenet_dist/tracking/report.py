@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from curvenet_dist.config import PLAIN_METHODS
 from curvenet_dist.data.datasets import Splits
 from curvenet_dist.data.sample_table import DataError, SampleTable
 from curvenet_dist.tracking.mlflow_tracker import log_to_active_run
@@ -162,7 +161,7 @@ def draw_suspects(suspects: list[Suspect], image_root: Path, path: Path) -> Path
 
 
 def write_allocate_report(run_dir: Path, splits: Splits, weights: np.ndarray, train_predictions: np.ndarray,
-                          test_predictions: np.ndarray, method: str) -> dict[str, float]:
+                          test_predictions: np.ndarray, ranks_samples: bool) -> dict[str, float]:
     """weights.npy, suspects.csv, suspects.png (logged to the process's MLflow run) and the figures; returns the noise-detection scores, computed on
     the training samples whose true label is known (all of them under synthetic noise, the audited ones of a
     prepared dataset) with `noise_scored_samples` saying how many."""
@@ -177,7 +176,7 @@ def write_allocate_report(run_dir: Path, splits: Splits, weights: np.ndarray, tr
     mislabeled = train.labels[known] != train.true_labels[known]
     plot_weights_by_class(weights[known], train.labels[known], mislabeled, splits.class_names,
                           run_dir / "weights_by_class.png")
-    if method in PLAIN_METHODS:  # one weight per class at most: nothing to rank within a class
+    if not ranks_samples:  # one weight per class at most: nothing to rank within a class
         return {}
     scores = audited_noise_scores(weights, train)
     if scores:
