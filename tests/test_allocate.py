@@ -13,13 +13,13 @@ from curvenet_dist.config import load_config
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
-from curvenet_dist.engine.allocate import MetaBatches
+from curvenet_dist.meta.meta_batches import MetaBatches
 from curvenet_dist.tracking.report import class_relative, weight_spread
 from tests.conftest import QUICKSTART, TINY, assert_clean_error, kill_allocate_after_epoch, torchrun
 
 pytestmark = pytest.mark.slow
 ALLOCATE = [*TINY, "allocate.epochs=3", "allocate.milestones=[2]", "curvenet.skip_epochs=1", "meta.batch_size=20",
-            "slmo.skip_layers=2"]
+            "curvenet.skip_layers=2"]
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,18 @@ def probe_run(tmp_path_factory):
 
 
 def allocate(probe_run, run_dir, nproc=1, extra=(), **kwargs):
-    return torchrun("allocate.py", nproc, ["--config", str(QUICKSTART), f"probe.dir={probe_run}", f"run.dir={run_dir}",
+    return torchrun("allocate.py", nproc, ["--config", str(QUICKSTART), f"allocate.probe_dir={probe_run}", f"run.dir={run_dir}",
                                            *ALLOCATE, *extra], **kwargs)
 
 
-@pytest.mark.parametrize("method, extra", [("curvenet", []), ("curvenet", ["meta.weight_scale=class"]),
-                                           ("mwnet", []), ("ce", []), ("balanced_ce", [])])
+@pytest.mark.parametrize("method, extra", [("curvenet", []), ("curvenet", ["curvenet.weight_scale=dataset"]),
+                                           ("mwnet", ["mwnet.skip_layers=2"]), ("ce", []), ("balanced_ce", [])])
 def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, method, extra):
     run_dir = tmp_path / method
     result = allocate(probe_run, run_dir, 2, [f"method={method}", *extra])
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["method"] == method and metrics["world_size"] == 2 and metrics["skip_layers"] == 2
+    assert metrics["method"] == method and metrics["world_size"] == 2
+    assert metrics["skip_layers"] == (2 if method in ("curvenet", "mwnet") else 0)
     for key in ("test_acc", "many_acc", "medium_acc", "few_acc"):
         assert 0 <= metrics[key] <= 1
     weights = np.load(run_dir / "weights.npy")
@@ -71,7 +72,7 @@ def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, me
 
 def test_killed_allocate_run_resumes_and_finishes(probe_run, tmp_path):
     run_dir = tmp_path / "run"
-    checkpoint = kill_allocate_after_epoch(["--config", str(QUICKSTART), f"probe.dir={probe_run}",
+    checkpoint = kill_allocate_after_epoch(["--config", str(QUICKSTART), f"allocate.probe_dir={probe_run}",
                                             f"run.dir={run_dir}", *ALLOCATE, "allocate.epochs=4"], run_dir)
     assert {"model", "optimizer", "weighting_net", "weighting_optimizer"} <= checkpoint.keys()
     assert checkpoint["weighting_optimizer"]["state"], "CurveNet's Adam state is checkpointed"
@@ -85,9 +86,10 @@ def test_killed_allocate_run_resumes_and_finishes(probe_run, tmp_path):
     (["curvenet.skip_epochs=4"], "holds 4 probe epochs; curvenet.skip_epochs=4 needs at least 5"),
     (["bias.noise_rate=0.2"], "was recorded on another dataset"),
     (["method=focal"], "method='focal' is not allowed"),
-    (["slmo.skip_layers=4"], "slmo.skip_layers=4 is outside [0, 3]"),
+    (["curvenet.skip_layers=4"], "curvenet.skip_layers=4 is outside [0, 3]"),
+    (["method=mwnet", "mwnet.skip_layers=4"], "mwnet.skip_layers=4 is outside [0, 3]"),
     (["meta.source=split"], "the dataset has no meta split"),
-    (["probe.dir="], "probe.dir must name the probe run folder"),
+    (["allocate.probe_dir="], "allocate.probe_dir must name the probe run folder"),
 ])
 def test_bad_input_is_refused_before_training(probe_run, tmp_path, extra, message):
     result = allocate(probe_run, tmp_path / "run", 1, extra, check=False)

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import QUICKSTART, REPO, TINY, kill_allocate_after_epoch, torchrun
 
 pytestmark = pytest.mark.slow
-DYNAMIC = [*TINY, "method=dynamic_loss", "meta.source=hierarchical", "allocate.epochs=3", "allocate.milestones=[3]",
+DYNAMIC = [*TINY, "method=dynamic_loss", "allocate.epochs=3", "allocate.milestones=[3]",
            "dynamic_loss.warmup_epochs=1", "dynamic_loss.buckets=10", "meta.batch_size=20"]
 
 
@@ -47,7 +47,7 @@ def test_every_rank_has_the_same_buckets_and_hierarchical_sample(tmp_path):
 def test_dynamic_loss_runs_without_a_probe_and_writes_its_outputs(tmp_path, nproc):
     run_dir = tmp_path / "run"
     # CurveNet's SLMO depth and meta interval are not Dynamic Loss's: it runs with its own.
-    result = allocate(run_dir, nproc, ["slmo.skip_layers=1", "meta.interval=5"])
+    result = allocate(run_dir, nproc, ["curvenet.skip_layers=1", "curvenet.meta_interval=5"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["method"] == "dynamic_loss" and metrics["world_size"] == nproc
     for key in ("test_acc", "many_acc", "medium_acc", "few_acc"):
@@ -58,8 +58,8 @@ def test_dynamic_loss_runs_without_a_probe_and_writes_its_outputs(tmp_path, npro
         rows = list(csv.DictReader(f))
     assert len(rows) == len(weights) == metrics["num_samples"]
     assert ((weights > 0) & (weights < 1)).all() and 0 <= metrics["noise_auroc"] <= 1
-    assert "meta set (hierarchical)" in result.stdout and "done: test accuracy" in result.stdout
-    assert "skip_layers 3, a meta update every 2 batch(es)" in result.stdout
+    assert "meta set: each epoch's hierarchical sample," in result.stdout and "done: test accuracy" in result.stdout
+    assert "dynamic_loss.skip_layers 3, a meta update every 2 batch(es)" in result.stdout
     assert metrics["skip_layers"] == 3
 
 

@@ -16,7 +16,7 @@ def test_every_backbone_is_staged_for_slmo(config, stages):
     # The parts run in order are the whole network.
     assert torch.equal(model.forward_parts(model.forward_parts(x, 0, 2), 2), model(x))
     assert model.bottom_part_count(0) == 0 and model.bottom_part_count(stages) == stages + 1
-    with pytest.raises(ConfigError, match=f"slmo.skip_layers={stages + 1} is outside \\[0, {stages}\\]"):
+    with pytest.raises(ValueError, match=f"skip_layers={stages + 1} is outside \\[0, {stages}\\]"):
         model.bottom_part_count(stages + 1)
 
 

@@ -103,8 +103,8 @@ class MetaIteration:
         self.sync = sync
         self.scale = weight_scale or WeightScale("none", sync)
         self.virtual_rule = virtual_rule
-        self.training_loss = (training_loss or WeightedCrossEntropy(weighting_net, self.scale)
-                              if weighting_net is not None else None)
+        self.training_loss = training_loss or (WeightedCrossEntropy(weighting_net, self.scale)
+                                               if weighting_net is not None else None)
         self.data_parallel = data_parallel
         self.split = split_layers(model, skip_layers)
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
@@ -146,7 +146,7 @@ class MetaIteration:
         if fixed_weights is not None:
             weights = fixed_weights
             sample_losses = weights * losses
-        elif self.weighting_net is None:
+        elif self.training_loss is None:
             weights = torch.ones_like(losses)
             sample_losses = losses
         else:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from curvenet_dist.config import ConfigError
-
 
 class StagedNet(nn.Module):
     """A classifier as an ordered list of parts: parts[0] is the stem, parts[-1] the head (pool + fc)."""
@@ -22,14 +20,10 @@ class StagedNet(nn.Module):
     def num_stages(self) -> int:
         return len(self.parts) - 2
 
-    def bottom_part_count(self, skip_layers: int, key: str = "slmo.skip_layers") -> int:
-        """How many leading parts SLMO keeps out of the virtual step for `skip_layers` (the config `key` it came
-        from names it in the error)."""
+    def bottom_part_count(self, skip_layers: int) -> int:
+        """How many leading parts SLMO keeps out of the virtual step for `skip_layers`."""
         if not 0 <= skip_layers <= self.num_stages:
-            raise ConfigError(
-                f"{key}={skip_layers} is outside [0, {self.num_stages}] for this backbone "
-                f"({self.num_stages} stages)"
-            )
+            raise ValueError(f"skip_layers={skip_layers} is outside [0, {self.num_stages}] for this backbone")
         return 0 if skip_layers == 0 else skip_layers + 1
 
     def forward_parts(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:

@@ -1,0 +1,78 @@
+"""CurveNet (DESIGN.md §5): an MLP over each sample's class-normalised probe loss curve plus a label embedding
+gives its weight, meta-learned on the clean meta set until the classifier's first LR decay, then frozen."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from curvenet_dist.curves.features import curve_features
+from curvenet_dist.engine.batched import weights_by_chunks
+from curvenet_dist.meta.meta_batches import MetaBatches
+from curvenet_dist.meta.meta_iteration import WeightedCrossEntropy
+from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
+from curvenet_dist.methods.base import AllocateSetup, EpochPlan, TrainingLoss
+from curvenet_dist.methods.meta_learned import MetaLearnedMethod
+from curvenet_dist.models.weighting import CurveNet
+from curvenet_dist.tracking.report import audited_noise_scores
+
+
+class CurveNetMethod(MetaLearnedMethod):
+    name = "curvenet"
+
+    def __init__(self, setup: AllocateSetup):
+        config, settings = setup.config, setup.config.curvenet
+        super().__init__(setup, settings)
+        self.meta_table = self._select_meta_table()
+        features = curve_features(setup.store, settings.skip_epochs, settings.normalize_std)
+        self.curves = torch.from_numpy(features).to(setup.device)
+        torch.manual_seed(config.run.seed)
+        self._adopt(CurveNet(self.curves.shape[1], setup.splits.num_classes, settings.embedding_dim,
+                             tuple(settings.curve_hidden), tuple(settings.head_hidden)))
+        self.scale = self._weight_scale()
+        self.loss = WeightedCrossEntropy(self.weighting_net, self.scale)
+        self.meta_batches = MetaBatches(self.meta_loader(self.meta_table))
+        # Once frozen, a weight depends only on the curve and label: all of them are computed once, and scored once.
+        self.frozen_weights: torch.Tensor | None = None
+        self.frozen_auroc: dict[str, float] | None = None
+
+    def _weight_scale(self) -> WeightScale:
+        config, mode = self.setup.config, self.setup.config.curvenet.weight_scale
+        if mode not in ("dataset", "class"):
+            return WeightScale(mode, config.meta.sync)
+        train = self.setup.splits.train
+        ids = reference_sample(train.labels, config.curvenet.scale_samples, config.run.seed, by_class=mode == "class")
+        labels = torch.from_numpy(train.labels)[ids].to(self.setup.device)
+        return WeightScale(mode, config.meta.sync, self.curves[ids.to(self.setup.device)], labels,
+                           train.class_counts())
+
+    def training_loss(self) -> TrainingLoss:
+        return self.loss
+
+    @torch.no_grad()
+    def weights(self) -> torch.Tensor:
+        """CurveNet's weight for every training sample, indexed by sample id."""
+        return weights_by_chunks(self.weighting_net, self.setup.train_labels(), self.curves)
+
+    def start_epoch(self, epoch: int, start_batch: int) -> EpochPlan:
+        frozen = self._freeze_if_due(epoch)
+        if frozen and self.frozen_weights is None:
+            self.frozen_weights = self.scale.frozen(self.weights(), self.setup.train_labels())
+        self.meta_learning = not frozen
+        return EpochPlan(self.setup.train_loader, fixed_weights=self.frozen_weights if frozen else None,
+                         inputs=self.curves, meta_learning=self.meta_learning)
+
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        """The noise AUROC of the current class-relative weights over the samples whose true label is known: how
+        the separation grows (or decays) while CurveNet is meta-learned."""
+        if self.frozen_auroc is not None:
+            return self.frozen_auroc
+        if not (self.setup.splits.train.true_labels >= 0).any():
+            return {}
+        scores = audited_noise_scores(self.weights().cpu().numpy(), self.setup.splits.train)
+        auroc = {"noise_auroc": scores["noise_auroc"]} if scores else {}
+        if self.frozen(epoch):
+            self.frozen_auroc = auroc
+        return auroc
+
+    def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
+        return self.weights().cpu().numpy()
