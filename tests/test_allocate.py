@@ -35,7 +35,8 @@ def allocate(probe_run, run_dir, nproc=1, extra=(), **kwargs):
 
 
 @pytest.mark.parametrize("method, extra", [("curvenet", []), ("curvenet", ["curvenet.weight_scale=dataset"]),
-                                           ("mwnet", ["mwnet.skip_layers=2"]), ("ce", []), ("balanced_ce", [])])
+                                           ("mwnet", ["mwnet.skip_layers=2"]), ("ce", []), ("balanced_ce", []),
+                                           ("logit_adjust", [])])
 def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, method, extra):
     run_dir = tmp_path / method
     result = allocate(probe_run, run_dir, 2, [f"method={method}", *extra])
@@ -54,7 +55,7 @@ def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, me
     assert (np.diff(ranked) >= 0).all()
     assert {"given_label", "predicted_label", "true_label"} <= rows[0].keys()
     assert (run_dir / "confusion_matrix.png").exists() and (run_dir / "weights_by_class.png").exists()
-    if method == "ce":
+    if method in ("ce", "logit_adjust"):
         assert (weights == 1).all() and "noise_auroc" not in metrics
     elif method == "balanced_ce":
         # Every class carries the same total weight, N / C; the mean weight stays 1.
