@@ -1,8 +1,8 @@
 """The probe stage: plain CE under a cyclical LR, every sample's training loss recorded every epoch."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +24,24 @@ from curvenet_dist.engine.lr_schedule import probe_lr
 from curvenet_dist.engine.model_file import publish_model
 from curvenet_dist.engine.preemption import Preempted, StopSignal
 from curvenet_dist.engine.progress import Progress
-from curvenet_dist.tracking.mlflow_tracker import build_tracker
+from curvenet_dist.engine.stage import Position, run_stage
+from curvenet_dist.tracking.mlflow_tracker import Tracker
 from curvenet_dist.tracking.plots import plot_loss_curves
 
 CURVE_STORE = "curves.zarr"
 
 
 class ProbeTrainer:
+    name = "probe"
+    shown = ("train_loss", "lr", "test_acc")
+
     def __init__(self, config: Config, context: DistributedContext):
         self.config, self.context = config, context
         self.run_dir = Path(config.run.dir)
+        self.epochs = config.probe.epochs
         self.splits = build_splits(config.data, config.bias)
         self.train_table = self.splits.train
+        self.num_samples = len(self.train_table)
         check_images_exist(self.train_table, "train", context)
         check_images_exist(self.splits.test, "test", context)
         self.fingerprint = probe_fingerprint(config, self.train_table)
@@ -56,12 +62,18 @@ class ProbeTrainer:
         self.autocast = autocast_for(config, device)
         self.stop = StopSignal(device)
         self.progress = Progress(context.is_main, "probe", config.probe.epochs)
+        # Rank 0's curve store, once the run folder is open; a resumed epoch's recordings before the interruption.
+        self.store: CurveStore | None = None
+        self.partial: dict | None = None
 
-    def _tags(self) -> dict[str, str]:
+    def tags(self) -> dict[str, str]:
         bias = self.config.bias
         return {"dataset": self.config.data.source, "noise_type": bias.noise_type, "noise_rate": str(bias.noise_rate),
                 "imbalance_factor": str(bias.imbalance_factor), "world_size": str(self.context.world_size),
                 "method": "probe", "model": self.config.model.name}
+
+    def open_run_folder(self) -> None:
+        self.store = self.open_store()
 
     def open_store(self) -> CurveStore | None:
         """Rank 0 writes the run folder and the curve store; other ranks only compute."""
@@ -94,53 +106,44 @@ class ProbeTrainer:
         return accuracy_report(predictions, self.splits.test.labels, self.train_table.class_counts())
 
     def run(self) -> dict:
-        config, context = self.config, self.context
-        store = self.open_store()
-        start_epoch, start_batch, partial, wall_before = self._resume(store)
-        if store is not None:
-            store.discard_from(start_epoch)
-        barrier()
-        tracker = build_tracker(config, self.run_dir, "probe", self._tags(), context.is_main)
-        steps = len(self.train_loader)
-        self.progress.say(f"{len(self.train_table)} training samples, {self.splits.num_classes} classes, "
-                          f"{context.world_size} rank(s) x batch {config.data.batch_size}: {steps} steps an epoch, "
-                          f"{steps * config.probe.epochs} in all; device {context.device}; run folder {self.run_dir}")
-        if start_epoch or start_batch:
-            self.progress.say(f"resuming at epoch {start_epoch + 1}, batch {start_batch}")
-        run_start = time.monotonic()
-        report: dict = {}
-        for epoch in range(start_epoch, config.probe.epochs):
-            epoch_start = time.monotonic()
-            resuming = epoch == start_epoch
-            mean_loss, lr = self.train_and_record_epoch(epoch, store, start_batch if resuming else 0,
-                                                        partial if resuming else None,
-                                                        wall_before + time.monotonic() - run_start)
-            report = self.evaluate()
-            epoch_s = time.monotonic() - epoch_start
-            metrics = {"train_loss": mean_loss, "lr": lr, "test_acc": report["test_acc"], "many_acc": report["many_acc"],
-                       "medium_acc": report["medium_acc"], "few_acc": report["few_acc"],
-                       "samples_per_s": len(self.train_table) / epoch_s, "epoch_s": epoch_s}
-            if context.is_main:
-                self._save(epoch + 1, 0, None, wall_before + time.monotonic() - run_start)
-            tracker.log_metrics(metrics, step=epoch)
-            self.progress.end_epoch(epoch, len(self.train_table), {k: metrics[k] for k in ("train_loss", "lr", "test_acc")})
-        wall_s = wall_before + time.monotonic() - run_start
-        report = report or self.evaluate()
-        result = {**report, "epochs": config.probe.epochs, "world_size": context.world_size, "wall_s": wall_s,
-                  "num_samples": len(self.train_table), "curve_store": str(self.store_path.resolve()),
-                  "mlflow_run_id": tracker.run_id}
+        return run_stage(self)
+
+    def opening_line(self) -> str:
+        steps, config = len(self.train_loader), self.config
+        return (f"{len(self.train_table)} training samples, {self.splits.num_classes} classes, "
+                f"{self.context.world_size} rank(s) x batch {config.data.batch_size}: {steps} steps an epoch, "
+                f"{steps * config.probe.epochs} in all; device {self.context.device}; run folder {self.run_dir}")
+
+    def train_epoch(self, epoch: int, start_batch: int, wall_s: float) -> dict[str, float]:
+        # The recordings of a resumed epoch's first part belong to the first epoch this run trains only.
+        partial, self.partial = self.partial, None
+        mean_loss, lr = self.train_and_record_epoch(epoch, self.store, start_batch, partial, wall_s)
+        return {"train_loss": mean_loss, "lr": lr}
+
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def state(self, wall_s: float) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "partial": None,
+                "wall_s": wall_s}
+
+    def finish(self, tracker: Tracker, report: dict, elapsed: Callable[[], float]) -> dict:
+        config = self.config
+        result = {**report, "epochs": config.probe.epochs, "world_size": self.context.world_size,
+                  "wall_s": elapsed(), "num_samples": len(self.train_table),
+                  "curve_store": str(self.store_path.resolve()), "mlflow_run_id": tracker.run_id}
         if (self.train_table.true_labels >= 0).any():
             # NaN (no known true label in the class) becomes None: JSON has no NaN.
             result["noise_rate_by_class"] = [None if rate != rate else float(rate)
                                              for rate in noise_rate_by_class(self.train_table)]
-        if context.is_main:
+        if self.context.is_main:
             publish_model(self.run_dir, self.model, config, self.splits.class_names, "probe", tracker)
             self._finish(tracker, result)
-            warning = near_chance_warning(result["test_acc"], self.splits.num_classes, steps * config.probe.epochs,
+            steps = len(self.train_loader) * config.probe.epochs
+            warning = near_chance_warning(result["test_acc"], self.splits.num_classes, steps,
                                           "so its loss curves cannot tell mislabeled samples from clean ones")
             if warning:
                 self.progress.say(warning)
-        barrier()
         return result
 
     def _train_epoch(self, epoch: int, start_batch: int, partial: dict | None, wall_s: float, record: bool):
@@ -194,40 +197,42 @@ class ProbeTrainer:
         partial = {"ids": all_gather_concat(ids).cpu(), "losses": all_gather_concat(losses).cpu(),
                    "world_size": self.context.world_size}
         if self.context.is_main:
-            path = self._save(epoch, batch, partial, wall_s)
+            path = self.checkpointer.save({**self.state(wall_s), "partial": partial}, epoch, batch)
             self.progress.say(f"SIGTERM: saved {path}; the same command resumes at epoch {epoch + 1}, batch {batch}")
         barrier()
         raise Preempted()
 
-    def _save(self, epoch: int, batch: int, partial: dict | None, wall_s: float) -> Path:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "partial": partial,
-                 "wall_s": wall_s}
-        return self.checkpointer.save(state, epoch, batch)
-
-    def _resume(self, store: CurveStore | None) -> tuple[int, int, dict | None, float]:
-        """(epoch, batch, this rank's partial recordings, wall seconds so far) from the newest checkpoint that is not
-        past an epoch the curve store lacks (rank 0's `store`)."""
-        if store is not None:
-            self._remove_checkpoints_past_the_store(store)
+    def resume(self) -> Position:
+        """The newest checkpoint's position, not past an epoch the curve store lacks (rank 0's store), with this
+        rank's share of the interrupted epoch's recordings; the store forgets every epoch from there on."""
+        self.partial = None
+        if self.store is not None:
+            self._remove_checkpoints_past_the_store(self.store)
         barrier()
         loaded = self.checkpointer.load_latest(self.progress.say, map_location=self.context.device)
-        if loaded is None:
-            return 0, 0, None, 0.0
-        _, state = loaded
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        epoch, batch, partial = state["epoch"], state["batch"], state["partial"]
-        if partial is not None and partial["world_size"] != self.context.world_size:
+        position = Position()
+        if loaded is not None:
+            _, state = loaded
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            position = Position(state["epoch"], state["batch"], state["wall_s"])
+            self.partial = self._my_share(state["partial"], position)
+        if self.store is not None:
+            self.store.discard_from(position.epoch)
+        return position
+
+    def _my_share(self, partial: dict | None, position: Position) -> dict | None:
+        if partial is None:
+            return None
+        if partial["world_size"] != self.context.world_size:
             # The epoch's sharding depends on the world size: replay the interrupted epoch from its start.
             self.progress.say(f"world size changed ({partial['world_size']} -> {self.context.world_size}): "
-                              f"epoch {epoch + 1} restarts from its first batch")
-            return epoch, 0, None, state["wall_s"]
-        mine = None
-        if partial is not None:
-            share = len(partial["ids"]) // self.context.world_size
-            rows = slice(self.context.rank * share, (self.context.rank + 1) * share)
-            mine = {"ids": partial["ids"][rows], "losses": partial["losses"][rows]}
-        return epoch, batch, mine, state["wall_s"]
+                              f"epoch {position.epoch + 1} restarts from its first batch")
+            position.batch = 0
+            return None
+        share = len(partial["ids"]) // self.context.world_size
+        rows = slice(self.context.rank * share, (self.context.rank + 1) * share)
+        return {"ids": partial["ids"][rows], "losses": partial["losses"][rows]}
 
     def _remove_checkpoints_past_the_store(self, store: CurveStore) -> None:
         """Remove the checkpoints past the first epoch the store does not hold whole (naming its damaged complete
