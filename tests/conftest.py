@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from curvenet_dist.engine.launch import torchrun_command
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 # A probe small enough for a test: digits at 8x8, a narrow ResNet-8, a few epochs.
@@ -23,8 +25,7 @@ TINY = ["data.image_size=8", "data.batch_size=64", "model.depth=8", "model.width
 def torchrun(script: str, nproc: int, arguments: list[str], *, env: dict | None = None, timeout: float = 600,
              check: bool = True) -> subprocess.CompletedProcess:
     """Run launch/<script> under torchrun (gloo on CPU), the way users start it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(REPO / "launch" / script), *arguments]
+    command = torchrun_command(nproc, REPO / "launch" / script, arguments)
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                             capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -37,8 +38,7 @@ def kill_allocate_after_epoch(arguments: list[str], run_dir: Path, epoch: int = 
     checkpoint of `epoch` exists, and return that checkpoint."""
     import torch
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(REPO / "launch" / "allocate.py"), *arguments]
+    command = torchrun_command(2, REPO / "launch" / "allocate.py", arguments)
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pattern = f"step-{epoch:05d}-*.pt"

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 
+from curvenet_dist.engine.launch import torchrun_command
 from tests.conftest import REPO
 
 
 def run_worker(nproc: int, out) -> list[list[torch.Tensor]]:
     out.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(REPO / "tests/distributed/plain_step_worker.py"), "--out", str(out)]
+    command = torchrun_command(nproc, REPO / "tests/distributed/plain_step_worker.py", ["--out", str(out)])
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]

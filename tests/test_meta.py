@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from curvenet_dist.config import ConfigError
+from curvenet_dist.engine.launch import torchrun_command
 from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_reduce_mean
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.slmo import PartRange, split_layers
@@ -319,10 +319,7 @@ def test_collectives_are_identity_without_a_process_group():
 def run_worker(nproc: int, out: Path) -> dict[int, list[dict]]:
     out.mkdir()
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        str(REPO_ROOT / "tests/distributed/meta_gradient_worker.py"), "--out", str(out),
-    ]
+    command = torchrun_command(nproc, REPO_ROOT / "tests/distributed/meta_gradient_worker.py", ["--out", str(out)])
     completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=400)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return {rank: torch.load(out / f"rank{rank}.pt") for rank in range(nproc)}

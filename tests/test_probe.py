@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from curvenet_dist.config import load_config
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.datasets import build_splits
+from curvenet_dist.engine.launch import torchrun_command
 from tests.conftest import QUICKSTART, REPO, TINY, assert_clean_error, torchrun
 
 pytestmark = pytest.mark.slow
@@ -69,8 +69,8 @@ def wait_for(predicate, timeout=300, what="condition"):
 
 
 def start_probe(run_dir, nproc, extra=()):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(REPO / "launch" / "probe.py"), "--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY, *extra]
+    command = torchrun_command(nproc, REPO / "launch" / "probe.py",
+                               ["--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY, *extra])
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -176,9 +176,9 @@ def test_missing_image_and_foreign_store_are_named(tmp_path):
 
 def test_a_killed_worker_is_restarted_by_torchrun_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-               str(REPO / "launch" / "probe.py"), "--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY,
-               "probe.epochs=5", "data.batch_size=16"]
+    command = torchrun_command(2, REPO / "launch" / "probe.py", ["--config", str(QUICKSTART), f"run.dir={run_dir}",
+                                                                  *TINY, "probe.epochs=5", "data.batch_size=16"],
+                               ["--max-restarts=1"])
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: list((run_dir / "checkpoints").glob("step-00002-*.pt")), what="the epoch-2 checkpoint")

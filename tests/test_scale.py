@@ -14,6 +14,7 @@ import torch
 from curvenet_dist.curves.features import class_normalized_curves, features_path
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.engine.batched import weights_by_chunks
+from curvenet_dist.engine.launch import torchrun_command
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
 from tests.conftest import REPO
 
@@ -35,8 +36,7 @@ def test_concurrent_ranks_build_the_features_once_and_read_the_same(tmp_path):
                                       labels=labels, true_labels=labels, num_epochs=4)
     for epoch in range(4):
         store.write_epoch(epoch, rng.gamma(2.0, 1.0, 4000).astype(np.float32), lr=0.1)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3",
-               str(REPO / "tests" / "distributed" / "features_worker.py"), str(tmp_path)]
+    command = torchrun_command(3, REPO / "tests" / "distributed" / "features_worker.py", [str(tmp_path)])
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr

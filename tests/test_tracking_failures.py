@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from curvenet_dist.engine.launch import torchrun_command
 from tests.conftest import QUICKSTART, REPO, TINY, free_port, torchrun
 from tests.test_probe import kill_job
 
@@ -74,9 +75,9 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
 def test_a_server_that_goes_down_mid_run_turns_tracking_off_and_training_goes_on(tmp_path):
     server, uri = start_server(tmp_path)
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-               str(REPO / "launch" / "probe.py"), "--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY,
-               "probe.epochs=1", "tracking.enabled=true", f"tracking.uri={uri}", "tracking.experiment=failures"]
+    command = torchrun_command(1, REPO / "launch" / "probe.py",
+                               ["--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY, "probe.epochs=1",
+                                "tracking.enabled=true", f"tracking.uri={uri}", "tracking.experiment=failures"])
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from curvenet_dist.engine.launch import torchrun_command
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -62,9 +64,9 @@ def main(argv: list[str]) -> dict:
     if arguments.worker:
         _worker(arguments)
         sys.exit(0)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={arguments.nproc}",
-               "-m", "curvenet_dist.bench.curve_overhead", "--worker", "--config", arguments.config,
-               "--rounds", str(arguments.rounds), *arguments.overrides]
+    command = torchrun_command(arguments.nproc, "curvenet_dist.bench.curve_overhead",
+                               ["--worker", "--config", arguments.config, "--rounds", str(arguments.rounds),
+                                *arguments.overrides], ["--module"])
     output = subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     return json.loads(output.strip().splitlines()[-1])
 

@@ -218,12 +218,15 @@ def worker_startup(folder: Path) -> dict:
 
 def _run_part(part: str, folder: Path, arguments: argparse.Namespace, nproc: int = 0) -> list[dict]:
     """Run one part in a fresh process (under torchrun with `nproc` ranks when nproc > 0); each rank's figures."""
-    options = ["-m", "curvenet_dist.bench.scale", "--part", part, "--folder", str(folder),
-               "--samples", str(arguments.samples), "--epochs", str(arguments.epochs)]
+    from curvenet_dist.engine.launch import torchrun_command
+
+    module = "curvenet_dist.bench.scale"
+    options = ["--part", part, "--folder", str(folder), "--samples", str(arguments.samples),
+               "--epochs", str(arguments.epochs)]
     if nproc:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *options]
+        command = torchrun_command(nproc, module, options, ["--module"])
     else:
-        command = [sys.executable, *options]
+        command = [sys.executable, "-m", module, *options]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")

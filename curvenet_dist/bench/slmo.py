@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from curvenet_dist.config import Config, load_config
 from curvenet_dist.engine.components import autocast_for, build_model
 from curvenet_dist.engine.distributed import exit_without_finalization
+from curvenet_dist.engine.launch import torchrun_command
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.slmo import split_layers
 from curvenet_dist.meta.weight_scale import WeightScale
@@ -237,8 +238,7 @@ def main(argv: list[str]) -> dict:
         rank_options = ["--config", str(args.config), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
                         "--device", args.device, "--resnet50-image-size", str(args.resnet50_image_size),
                         "--resnet50-batch-size", str(args.resnet50_batch_size)]
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-                   "-m", "curvenet_dist.bench.slmo", str(out), *rank_options]
+        command = torchrun_command(args.nproc, "curvenet_dist.bench.slmo", [str(out), *rank_options], ["--module"])
         subprocess.run(command, check=True)
         figures = json.loads(out.read_text())
     model = load_config(str(args.config), []).model.name

@@ -1,5 +1,6 @@
 """What every entry point in launch/ does: check the config, set up the process group, build the trainer, run it;
-and `torchrun_stage`, which runs a stage under torchrun for the project's own drivers (quickstart, benchmarks).
+`torchrun_command`, the one command line that starts a job of N processes on this machine; and `torchrun_stage`,
+which runs a stage under torchrun for the project's own drivers (quickstart, benchmarks).
 
 Exit status of a stage's worker process:
   0    done.
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from curvenet_dist.config import Config, ConfigError, load_config
@@ -137,6 +139,15 @@ def recorded_error(error_file: Path) -> str | None:
     return line if isinstance(line, str) and line.startswith("error: ") else None
 
 
+def torchrun_command(nproc: int, script: str | Path, arguments: Sequence[str] = (),
+                     torchrun_options: Sequence[str] = ()) -> list[str]:
+    """`python -m torch.distributed.run --standalone --nproc_per_node=N [torchrun_options] script arguments`: a job of
+    `nproc` processes on this machine, torchrun and workers under this interpreter. `torchrun_options` are torchrun's
+    own flags, e.g. --max-restarts=1, or --module to run `script` as a module."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *torchrun_options, str(script), *arguments]
+
+
 def torchrun_stage(nproc: int, stage: str, arguments: list[str], quiet: bool = False) -> None:
     """Run launch/<stage>.py under torchrun in a child process, as a user would. On failure, exit with the stage's
     error line (status 2), the resume hint after SIGTERM (143), or the status and a hint otherwise; the line
@@ -149,9 +160,7 @@ def torchrun_stage(nproc: int, stage: str, arguments: list[str], quiet: bool = F
         sys.exit(USER_ERROR_EXIT_CODE)
     from curvenet_dist.engine.preemption import PREEMPTED_EXIT_CODE
 
-    script = Path(__file__).resolve().parents[2] / "launch" / f"{stage}.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(script), *arguments]
+    command = torchrun_command(nproc, Path(__file__).resolve().parents[2] / "launch" / f"{stage}.py", arguments)
     if not quiet:
         print(f"$ {' '.join(command)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="torchrun-") as folder:
