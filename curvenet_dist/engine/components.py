@@ -24,8 +24,7 @@ def probe_fingerprint(config: Config, train: SampleTable) -> str:
     """What makes two probe runs' curves comparable: the samples, the model, the optimiser, the schedule."""
     data = {key: getattr(config.data, key) for key in ("image_size", "batch_size", "augment", "mean", "std")}
     model = {key: getattr(config.model, key) for key in ("name", "depth", "width", "weights")}
-    probe = {key: value for key, value in vars(config.probe).items() if key not in ("dir", "record")}
-    return fingerprint(train.fingerprint(), data, model, vars(config.optim), probe, config.run.seed)
+    return fingerprint(train.fingerprint(), data, model, vars(config.optim), vars(config.probe), config.run.seed)
 
 
 def check_images_exist(table: SampleTable, split: str, context: DistributedContext) -> None:

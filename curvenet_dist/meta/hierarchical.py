@@ -29,7 +29,7 @@ def hierarchical_sample(losses: np.ndarray, labels: np.ndarray, num_classes: int
     random, of which the lower-loss half is kept (the reference's two ratios of 0.5). Balanced by construction."""
     counts = np.bincount(labels, minlength=num_classes)
     if counts.min() < 4:
-        raise ConfigError(f"meta.source=hierarchical needs at least 4 training samples in every class (to draw half "
+        raise ConfigError(f"method=dynamic_loss needs at least 4 training samples in every class (to draw half "
                           f"of the smallest class and keep half of that); class {int(counts.argmin())} has "
                           f"{int(counts.min())}")
     drawn = counts.min() // 2
