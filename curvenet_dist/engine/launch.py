@@ -81,12 +81,18 @@ def run_stage(stage: str, argv: list[str]) -> None:
         # torchrun's summary (and `torchrun_stage`) take the first process to exit as the root cause, whichever.
         report_error(error_line(error), speak=first_process(), record=True)
         sys.exit(USER_ERROR_EXIT_CODE)
-
     # Loaded only now: torch, the trainers and MLflow take many seconds to import, a bad key is reported at once.
+    from curvenet_dist.engine.distributed import exit_without_finalization
+
+    exit_without_finalization(run_trainer(stage, config))
+
+
+def run_trainer(stage: str, config: Config) -> int:
+    """Build the stage's trainer in this process of the job and run it; returns the exit status."""
     from curvenet_dist.curves.store import CurveStoreError
     from curvenet_dist.data.sample_table import DataError
     from curvenet_dist.engine.checkpoint import CheckpointError
-    from curvenet_dist.engine.distributed import exit_without_finalization, setup_distributed, teardown_distributed
+    from curvenet_dist.engine.distributed import setup_distributed, teardown_distributed
     from curvenet_dist.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
     from curvenet_dist.tracking.mlflow_tracker import end_active_run
 
@@ -98,17 +104,17 @@ def run_stage(stage: str, argv: list[str]) -> None:
         # Rank 0 holds the lock while the file stays open: until this process exits, however it exits.
         run_folder_lock = lock_run_folder_for_job(Path(config.run.dir), context.is_main)  # noqa: F841
         trainer_class(config, context).run()
-        status = 0
+        return 0
     except (ConfigError, DataError, CurveStoreError, CheckpointError) as error:
         end_active_run("FAILED")
         first = context.rank == 0 if context is not None else first_process()
         # Most errors are the same on every rank, so the first speaks for all; each records its own, since torchrun
         # takes whichever rank exits first as the root cause (and a DataError may be one rank's alone).
         report_error(error_line(error), speak=first, record=True)
-        status = USER_ERROR_EXIT_CODE
+        return USER_ERROR_EXIT_CODE
     except Preempted:
         end_active_run("KILLED")
-        status = PREEMPTED_EXIT_CODE
+        return PREEMPTED_EXIT_CODE
     except KeyboardInterrupt:
         end_active_run("KILLED")
         raise
@@ -120,13 +126,12 @@ def run_stage(stage: str, argv: list[str]) -> None:
         # process's traceback of the broken collective would only bury it.
         print(f"note: rank {context.rank} stopped because another process of the job ended", file=sys.stderr,
               flush=True)
-        status = 1
+        return 1
     except BaseException:
         end_active_run("FAILED")
         raise
     finally:
         teardown_distributed()
-    exit_without_finalization(status)
 
 
 def recorded_error(error_file: Path) -> str | None:
@@ -158,8 +163,6 @@ def torchrun_stage(nproc: int, stage: str, arguments: list[str], quiet: bool = F
     except ConfigError as error:
         print(error_line(error), file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT_CODE)
-    from curvenet_dist.engine.preemption import PREEMPTED_EXIT_CODE
-
     command = torchrun_command(nproc, Path(__file__).resolve().parents[2] / "launch" / f"{stage}.py", arguments)
     if not quiet:
         print(f"$ {' '.join(command)}", flush=True)
@@ -186,16 +189,25 @@ def torchrun_stage(nproc: int, stage: str, arguments: list[str], quiet: bool = F
                 signal.signal(s, handler)
         if process.returncode == 0:
             return
-        line = recorded_error(error_file)
-        if quiet and stderr and line is None:
-            print(stderr[-3000:], file=sys.stderr)
-        if signalled:
-            print(f"{stage} stopped by {signal.Signals(signalled[0]).name} after saving; rerun the same command to "
-                  f"resume", file=sys.stderr, flush=True)
-            sys.exit(PREEMPTED_EXIT_CODE)
-        if line is not None:
-            print(line, file=sys.stderr, flush=True)
-            sys.exit(USER_ERROR_EXIT_CODE)
-        print(f"error: {stage} failed (torchrun exit {process.returncode}); rerun the same command to resume",
+        exit_after_failure(stage, process.returncode, recorded_error(error_file), stderr if quiet else None,
+                           signalled[0] if signalled else None)
+
+
+def exit_after_failure(stage: str, returncode: int, line: str | None, stderr: str | None, signum: int | None) -> None:
+    """Exit as a failed torchrun of `stage` asks, its last line printed: the resume hint after a signal (143), the
+    stage's recorded error line (2), else the status with a hint; `stderr` (a quiet run's) is shown first when
+    there is no error line to tell what went wrong."""
+    from curvenet_dist.engine.preemption import PREEMPTED_EXIT_CODE
+
+    if stderr and line is None:
+        print(stderr[-3000:], file=sys.stderr)
+    if signum is not None:
+        print(f"{stage} stopped by {signal.Signals(signum).name} after saving; rerun the same command to resume",
               file=sys.stderr, flush=True)
-        sys.exit(1)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    print(f"error: {stage} failed (torchrun exit {returncode}); rerun the same command to resume",
+          file=sys.stderr, flush=True)
+    sys.exit(1)
