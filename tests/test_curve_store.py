@@ -1,4 +1,6 @@
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -215,3 +217,104 @@ def test_a_damaged_label_or_epoch_list_is_named_in_one_line(tmp_path):
         store.complete_epochs()
     with pytest.raises(CurveStoreError, match=r"array label is damaged"):
         store.labels
+
+
+def margin_store(path, samples=3000, epochs=6, classes=5, seed=0):
+    """A store as the probe writes it: a loss and a logit margin per sample and epoch."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, samples)
+    store = CurveStore.open_or_create(path, fingerprint="f", dataset_fingerprint="d", labels=labels,
+                                      true_labels=labels, num_epochs=epochs, with_margins=True)
+    for epoch in range(epochs):
+        store.write_epoch(epoch, rng.gamma(2.0, 1.0, samples).astype(np.float32), lr=0.1,
+                          margins=rng.normal(0.0, 2.0, samples).astype(np.float32))
+    return store
+
+
+def test_margins_are_written_beside_the_losses_and_forgotten_with_them(tmp_path):
+    from curvenet_dist.curves.features import mean_margin
+
+    store = margin_store(tmp_path / "c.zarr", samples=50, epochs=4)
+    reopened = CurveStore.open(tmp_path / "c.zarr", mode="r")
+    assert reopened.margin.shape == (50, 4) and reopened.margin.chunks == reopened.loss.chunks
+    np.testing.assert_allclose(mean_margin(reopened), reopened.margin[:].astype(np.float64).mean(axis=1))
+    with pytest.raises(CurveStoreError, match="epoch 3: expected one finite margin for each of 50 samples, got none"):
+        store.write_epoch(3, np.ones(50, np.float32), lr=0.1)
+    with pytest.raises(CurveStoreError, match=r"finite margin for each of 50 samples, got shape \(50,\), non-finite "
+                                              r"at sample ids \[7\]"):
+        store.write_epoch(3, np.ones(50, np.float32), lr=0.1, margins=np.where(np.arange(50) == 7, np.inf, 0.0))
+    store.discard_from(2)
+    assert store.complete_epochs().tolist() == [0, 1] and np.isnan(store.margin[:, 2:]).all()
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda chunk: chunk.unlink(), "is missing"),
+    (flip_bytes, "fails its checksum"),
+], ids=["deleted", "flipped"])
+def test_a_damaged_margin_chunk_is_named_like_a_damaged_loss_chunk(tmp_path, damage, problem):
+    from curvenet_dist.curves.features import class_normalized_curves, mean_margin
+
+    store = margin_store(tmp_path / "c.zarr")
+    damage(tmp_path / "c.zarr" / "margin" / "c" / "0" / "3")
+    assert store.damage(range(6)) == {3: f"chunk margin/c/0/3 {problem}"}, "the probe records epoch 4 again"
+    with pytest.raises(CurveStoreError, match=rf"c.zarr: probe epochs \[4\] are damaged \(epoch 4: chunk margin/c/0/3 "
+                                              rf"{problem}\); rerun the probe command, which records them again$"):
+        mean_margin(store)
+    # The losses the allocate stage reads are whole.
+    assert class_normalized_curves(store, 2, True).shape == (3000, 4)
+
+
+def test_a_store_recorded_before_margins_opens_for_the_allocate_stage(tmp_path):
+    from curvenet_dist.curves.features import curve_features, mean_margin
+
+    random_store(tmp_path / "old.zarr")  # the layout stores had before the probe recorded margins: no margin array
+    assert "margin" not in zarr.open_group(str(tmp_path / "old.zarr"), mode="r").array_keys()
+    store = CurveStore.open(tmp_path / "old.zarr", mode="r")
+    assert curve_features(store, 2, False).shape == (3000, 4) and store.damage(range(6)) == {}
+    with pytest.raises(CurveStoreError, match="old.zarr holds no logit margins: it was begun before the probe "
+                                              "recorded them"):
+        mean_margin(store)
+
+
+def test_several_values_per_sample_are_gathered_as_rows():
+    from curvenet_dist.curves.gather import first_value_by_id
+
+    ids = np.array([2, 0, 1, 2])  # id 2 repeated by padding
+    rows = np.array([[2.0, -2.0], [0.0, 0.5], [1.0, -1.0], [9.0, 9.0]])
+    np.testing.assert_array_equal(first_value_by_id(ids, rows, 3), [[0.0, 0.5], [1.0, -1.0], [2.0, -2.0]])
+
+
+@pytest.mark.slow
+def test_two_ranks_record_each_samples_margin_once_an_epoch_through_an_interruption_and_a_lost_chunk(tmp_path):
+    """Real probe runs under torchrun with gloo; on CPU every kernel and reduction is deterministic, so a resumed or
+    re-recorded epoch holds the very values of an uninterrupted run."""
+    from tests.conftest import QUICKSTART, TINY, torchrun
+    from tests.test_probe import start_probe, wait_for
+
+    # Batches of 8: many steps an epoch, so that a SIGTERM is most likely noticed inside one.
+    extra = ["probe.epochs=4", "data.batch_size=8"]
+
+    def probe(run_dir):
+        return torchrun("probe.py", 2, ["--config", str(QUICKSTART), f"run.dir={run_dir}", *TINY, *extra]).stdout
+
+    probe(tmp_path / "whole")
+    whole = CurveStore.open(tmp_path / "whole" / "curves.zarr", mode="r")
+    loss, margin = whole.loss[:].astype(np.float64), whole.margin[:].astype(np.float64)
+    assert margin.shape == loss.shape and np.isfinite(margin).all() and whole.complete_epochs().tolist() == [0, 1, 2, 3]
+    # Each margin m is its own sample's: that sample's cross-entropy over 10 classes lies in
+    # [log(1 + e^-m), log(1 + 9 e^-m)].
+    assert (loss >= np.log1p(np.exp(-margin)) - 1e-4).all() and (loss <= np.log1p(9 * np.exp(-margin)) + 1e-4).all()
+    assert (margin < 0).any() and (margin > 0).any()
+
+    process = start_probe(tmp_path / "resumed", 2, extra)
+    wait_for(lambda: list((tmp_path / "resumed" / "checkpoints").glob("step-00001-*.pt")), what="the first epoch")
+    os.killpg(process.pid, signal.SIGTERM)  # torchrun forwards it to its workers
+    output, _ = process.communicate(timeout=120)
+    assert "SIGTERM: saved" in output and not (tmp_path / "resumed" / "metrics.json").exists(), output
+    assert "resuming at epoch" in probe(tmp_path / "resumed")
+    np.testing.assert_array_equal(CurveStore.open(tmp_path / "resumed" / "curves.zarr", mode="r").margin[:], margin)
+
+    (tmp_path / "resumed" / "curves.zarr" / "margin" / "c" / "0" / "3").unlink()
+    assert ("probe epochs [4] are damaged (epoch 4: chunk margin/c/0/3 is missing); the probe records epoch 4 and "
+            "every later one again") in probe(tmp_path / "resumed")
+    np.testing.assert_array_equal(CurveStore.open(tmp_path / "resumed" / "curves.zarr", mode="r").margin[:], margin)

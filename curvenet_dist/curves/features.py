@@ -100,10 +100,20 @@ def curve_features(store: CurveStore, skip_epochs: int, normalize_std: bool) -> 
 def mean_probe_loss(store: CurveStore) -> np.ndarray:
     """Each sample's mean loss over the store's complete epochs, read a column at a time (the trivial noise
     detector's score)."""
+    return mean_over_complete_epochs(store, "loss")
+
+
+def mean_margin(store: CurveStore) -> np.ndarray:
+    """Each sample's mean logit margin over the store's complete epochs: its area under the margin (AUM, Pleiss et
+    al. 2020) divided by the epoch count; the lower, the more likely the given label is wrong."""
+    return mean_over_complete_epochs(store, "margin")
+
+
+def mean_over_complete_epochs(store: CurveStore, array: str) -> np.ndarray:
     epochs = store.complete_epochs()
     total = np.zeros(store.num_samples)
     for epoch in epochs:
-        total += store.read_epoch(epoch)
+        total += store.read_epoch(epoch, array)
     return total / len(epochs)
 
 

@@ -26,8 +26,9 @@ def gather_concat(tensor: torch.Tensor, dst: int) -> torch.Tensor | None:
 
 def gather_by_id(ids: torch.Tensor, values: torch.Tensor, num_samples: int, dst: int | None = None) -> np.ndarray | None:
     """One value per sample id from every rank's (id, value) pairs, indexed by id; ids repeated by sharding
-    padding keep their first value in rank order. Every rank gets the result, or with `dst` only that rank (the
-    others get None and send only their share). Raises if any sample id is missing."""
+    padding keep their first value in rank order. `values` may be [n, k] to gather k values per sample in the same
+    collective. Every rank gets the result, or with `dst` only that rank (the others get None and send only their
+    share). Raises if any sample id is missing."""
     if dst is None:
         all_ids, all_values = all_gather_concat(ids), all_gather_concat(values)
     else:
@@ -38,13 +39,13 @@ def gather_by_id(ids: torch.Tensor, values: torch.Tensor, num_samples: int, dst:
 
 
 def first_value_by_id(ids: np.ndarray, values: np.ndarray, num_samples: int) -> np.ndarray:
-    """values[k] placed at ids[k]; for an id that occurs more than once, its first value."""
+    """values[k] (a value or a row of values) placed at ids[k]; for an id that occurs more than once, its first."""
     counts = np.bincount(ids, minlength=num_samples)
     if len(counts) != num_samples or not counts.all():
         missing = np.flatnonzero(counts[:num_samples] == 0)[:5]
         raise RuntimeError(f"the epoch's recordings miss sample ids {missing.tolist()} (of {num_samples})"
                            if len(missing) else f"the epoch's recordings hold ids >= {num_samples}")
-    out = np.empty(num_samples, values.dtype)
+    out = np.empty((num_samples, *values.shape[1:]), values.dtype)
     out[ids] = values
     # Which of a repeated id's values a fancy assignment keeps is unspecified; the few repeats are set again.
     repeated = np.flatnonzero(counts[ids] > 1)

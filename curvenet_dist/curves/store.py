@@ -1,18 +1,23 @@
-"""The curve store (DESIGN.md §2): a Zarr v3 group holding every training sample's loss at every probe epoch.
+"""The curve store (DESIGN.md §2): a Zarr v3 group holding every training sample's loss and logit margin at every
+probe epoch.
 
 Layout: `loss` [N, T] float32 (NaN = not recorded), chunked along samples with one column per chunk column;
-`label` [N], `true_label` [N] (-1 unknown); `lr` [T]; `epoch_complete` [T] (1 once a column is whole). The
+`margin` [N, T] float32 beside it, chunked the same: the logit of the given label minus the largest other logit (the
+margin AUM averages, Pleiss et al. 2020); `label` [N], `true_label` [N] (-1 unknown); `lr` [T]; `epoch_complete`
+[T] (1 once its columns are whole). Stores begun before the probe recorded margins have no `margin` array: they
+open and are read as before, and a probe resuming one goes on recording losses only. The
 group's attributes hold the fingerprints of the config and of the dataset that made it. A column is marked complete
 only after it is fully written, so a crash never leaves a half epoch that looks whole. Curve features computed
 from the store are saved beside it (`<store>.features/`), named by a hash of the stored bytes they were built from
 (`content_key`), and deleted whenever a column is written or discarded.
 
 Every chunk ends in its crc32c checksum (Zarr v3's crc32c codec, after the zstd compressor), so bytes changed on
-disk are refused instead of read as losses. A complete epoch is whole when each of its chunks is present (a missing
-chunk reads as the fill value NaN), passes its checksum and holds finite losses; `damage` names the epochs that are
-not, the probe records them again on its next start, and `read_epoch`, through which the curves are read, refuses
-them with one line. Stores written before the checksums existed still open and are checked the same way, except
-that changed bytes which still decompress to finite losses go unnoticed in them.
+disk are refused instead of read as losses. A complete epoch is whole when each chunk of its loss and margin columns
+is present (a missing chunk reads as the fill value NaN), passes its checksum and holds finite values; `damage`
+names the epochs that are not, the probe records them again on its next start, and `read_epoch`, through which the
+curves are read, refuses a column that is not whole with one line. Stores written before the checksums existed
+still open and are checked the same way, except that changed bytes which still decompress to finite losses go
+unnoticed in them.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 ROWS_PER_CHUNK = 65536
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
 """Zarr's default compressor, then each chunk's checksum over the compressed bytes."""
+RECORDINGS = {"loss": "losses", "margin": "margins"}
+"""The [N, T] arrays a probe epoch writes, with what their values are called in messages."""
 UNREADABLE_CHUNK = (ValueError, RuntimeError)
 """What zarr raises for a chunk it cannot decode (`unreadable_because` tells them apart)."""
 
@@ -40,11 +47,13 @@ class CurveStore:
     def __init__(self, group: zarr.Group, path: Path):
         self.group, self.path = group, path
         self.loss = group["loss"]
+        self.margin = group["margin"] if "margin" in group.array_keys() else None
 
     @classmethod
     def open_or_create(cls, path: Path, *, fingerprint: str, dataset_fingerprint: str, labels: np.ndarray,
-                       true_labels: np.ndarray, num_epochs: int) -> "CurveStore":
-        """Open the store of this run, or create it; refuse a store made by another dataset or config."""
+                       true_labels: np.ndarray, num_epochs: int, with_margins: bool = False) -> "CurveStore":
+        """Open the store of this run, or create it (with a margin array if `with_margins`); refuse a store made by
+        another dataset or config."""
         path = Path(path)
         if path.exists():
             cls.check_belongs(path, fingerprint)
@@ -52,8 +61,9 @@ class CurveStore:
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         num_samples = len(labels)
         rows = min(num_samples, ROWS_PER_CHUNK)
-        group.create_array("loss", shape=(num_samples, num_epochs), chunks=(rows, 1), dtype="float32",
-                           fill_value=np.nan, compressors=COMPRESSORS)
+        for name in RECORDINGS if with_margins else ("loss",):
+            group.create_array(name, shape=(num_samples, num_epochs), chunks=(rows, 1), dtype="float32",
+                               fill_value=np.nan, compressors=COMPRESSORS)
         group.create_array("label", data=np.asarray(labels, np.int64), chunks=(rows,), compressors=COMPRESSORS)
         group.create_array("true_label", data=np.asarray(true_labels, np.int64), chunks=(rows,),
                            compressors=COMPRESSORS)
@@ -105,6 +115,11 @@ class CurveStore:
         return self.loss.shape[1]
 
     @property
+    def recordings(self) -> list[zarr.Array]:
+        """The [N, T] arrays each probe epoch writes: the losses, and the margins where the store has them."""
+        return [self.loss] if self.margin is None else [self.loss, self.margin]
+
+    @property
     def labels(self) -> np.ndarray:
         return self._read_whole_array("label")
 
@@ -130,9 +145,13 @@ class CurveStore:
             raise CurveStoreError(f"{self.path}: array {name} is damaged (a chunk {unreadable_because(error)}); move "
                                   f"the store away and rerun the probe command, which records it again") from None
 
-    def read_epoch(self, epoch: int) -> np.ndarray:
-        """Column `epoch` of a complete epoch; if it is not whole, one line naming every damaged complete epoch."""
-        column = self._whole_column(epoch)
+    def read_epoch(self, epoch: int, array: str = "loss") -> np.ndarray:
+        """Column `epoch` of `array` (loss or margin) of a complete epoch; if it is not whole, one line naming every
+        damaged complete epoch."""
+        if array == "margin" and self.margin is None:
+            raise CurveStoreError(f"{self.path} holds no logit margins: it was begun before the probe recorded them; "
+                                  f"run the probe into a new run.dir to record them")
+        column = self._whole_column(self.group[array], epoch)
         if column is None:
             damage = self.damage(sorted({epoch, *self.complete_epochs().tolist()}))
             raise CurveStoreError(f"{self.path}: {describe_damage(damage)}; rerun the probe command, which records "
@@ -140,31 +159,37 @@ class CurveStore:
         return column
 
     def damage(self, epochs: Iterable[int]) -> dict[int, str]:
-        """{epoch: what is wrong with its column} for each of `epochs` whose column is not whole."""
-        return {int(epoch): self._column_problem(epoch) for epoch in epochs if self._whole_column(epoch) is None}
+        """{epoch: what is wrong with its columns} for each of `epochs` whose loss or margin column is not whole."""
+        damage = {}
+        for epoch in epochs:
+            broken = [array for array in self.recordings if self._whole_column(array, epoch) is None]
+            if broken:
+                damage[int(epoch)] = self._column_problem(broken[0], epoch)
+        return damage
 
-    def _whole_column(self, epoch: int) -> np.ndarray | None:
-        """Column `epoch`, or None if a chunk of it cannot be decoded or holds a non-finite loss (a missing chunk
-        reads as the fill value NaN)."""
+    @staticmethod
+    def _whole_column(array: zarr.Array, epoch: int) -> np.ndarray | None:
+        """Column `epoch` of `array`, or None if a chunk of it cannot be decoded or holds a non-finite value (a
+        missing chunk reads as the fill value NaN)."""
         try:
-            column = self.loss[:, epoch]
+            column = array[:, epoch]
         except UNREADABLE_CHUNK:  # which chunk, and why, is `_column_problem`'s to say
             return None
         return column if np.isfinite(column).all() else None
 
-    def _column_problem(self, epoch: int) -> str:
-        """What is wrong with the first chunk of column `epoch` that is not whole."""
-        rows = self.loss.chunks[0]
-        for row_chunk in range(self.loss.cdata_shape[0]):
-            chunk = self._chunk_key(self.loss, (row_chunk, epoch))
+    def _column_problem(self, array: zarr.Array, epoch: int) -> str:
+        """What is wrong with the first chunk of column `epoch` of `array` that is not whole."""
+        rows = array.chunks[0]
+        for row_chunk in range(array.cdata_shape[0]):
+            chunk = self._chunk_key(array, (row_chunk, epoch))
             if not (self.path / chunk).exists():
                 return f"chunk {chunk} is missing"
             try:
-                values = self.loss[row_chunk * rows:(row_chunk + 1) * rows, epoch]
+                values = array[row_chunk * rows:(row_chunk + 1) * rows, epoch]
             except UNREADABLE_CHUNK as error:
                 return f"chunk {chunk} {unreadable_because(error)}"
             if not np.isfinite(values).all():
-                return f"chunk {chunk} holds non-finite losses"
+                return f"chunk {chunk} holds non-finite {RECORDINGS[array.basename]}"
         return "its chunks changed while it was read (is a probe writing this store?)"
 
     @staticmethod
@@ -187,18 +212,27 @@ class CurveStore:
             digest.update(hashlib.sha256(file.read_bytes()).digest() if file.exists() else bytes(32))
         return digest.hexdigest()[:20]
 
-    def write_epoch(self, epoch: int, losses: np.ndarray, lr: float) -> None:
-        """Write column `epoch` (losses indexed by sample id), then mark it complete."""
-        if losses.shape != (self.num_samples,) or not np.isfinite(losses).all():
-            bad = np.flatnonzero(~np.isfinite(losses))[:5] if losses.shape == (self.num_samples,) else []
-            raise CurveStoreError(
-                f"epoch {epoch}: expected one finite loss for each of {self.num_samples} samples, got shape "
-                f"{losses.shape}" + (f", non-finite at sample ids {bad.tolist()}" if len(bad) else "")
-            )
+    def write_epoch(self, epoch: int, losses: np.ndarray, lr: float, margins: np.ndarray | None = None) -> None:
+        """Write column `epoch` of the losses and, where the store records them, of the margins (both indexed by
+        sample id), then mark it complete."""
+        columns = {"loss": losses} if self.margin is None else {"loss": losses, "margin": margins}
+        for array, values in columns.items():
+            self._check_column(epoch, array, values)
         self.forget_features()
-        self.loss[:, epoch] = losses.astype(np.float32)
+        for array, values in columns.items():
+            self.group[array][:, epoch] = values.astype(np.float32)
         self.group["lr"][epoch] = lr
         self.group["epoch_complete"][epoch] = 1
+
+    def _check_column(self, epoch: int, array: str, values: np.ndarray | None) -> None:
+        shape = None if values is None else values.shape
+        if shape != (self.num_samples,) or not np.isfinite(values).all():
+            bad = np.flatnonzero(~np.isfinite(values))[:5] if shape == (self.num_samples,) else []
+            raise CurveStoreError(
+                f"epoch {epoch}: expected one finite {array} for each of {self.num_samples} samples, got "
+                + ("none" if values is None else f"shape {shape}")
+                + (f", non-finite at sample ids {bad.tolist()}" if len(bad) else "")
+            )
 
     def discard_from(self, epoch: int) -> None:
         """Forget epochs >= `epoch` (a resumed run records them again, once)."""
@@ -206,7 +240,8 @@ class CurveStore:
             return
         self.forget_features()
         self.group["epoch_complete"][epoch:] = 0
-        self.loss[:, epoch:] = np.nan
+        for array in self.recordings:
+            array[:, epoch:] = np.nan
         self.group["lr"][epoch:] = np.nan
 
 

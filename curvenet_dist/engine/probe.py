@@ -1,4 +1,5 @@
-"""The probe stage: plain CE under a cyclical LR, every sample's training loss recorded every epoch."""
+"""The probe stage: plain CE under a cyclical LR, every sample's training loss and logit margin recorded every
+epoch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,6 +30,12 @@ from curvenet_dist.tracking.mlflow_tracker import Tracker
 from curvenet_dist.tracking.plots import plot_loss_curves
 
 CURVE_STORE = "curves.zarr"
+
+
+def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each sample's logit of its given label minus its largest other logit (AUM's margin, Pleiss et al. 2020)."""
+    given = logits.gather(1, labels[:, None]).squeeze(1)
+    return given - logits.scatter(1, labels[:, None], float("-inf")).amax(1)
 
 
 class ProbeTrainer:
@@ -83,22 +90,24 @@ class ProbeTrainer:
         self.config.save(self.run_dir / "config.yaml")
         return CurveStore.open_or_create(self.store_path, fingerprint=self.fingerprint,
                                          dataset_fingerprint=self.train_table.fingerprint(), labels=self.train_table.labels,
-                                         true_labels=self.train_table.true_labels, num_epochs=self.config.probe.epochs)
+                                         true_labels=self.train_table.true_labels, num_epochs=self.config.probe.epochs,
+                                         with_margins=True)
 
     def train_and_record_epoch(self, epoch: int, store: CurveStore | None, start_batch: int = 0,
                                partial: dict | None = None, wall_s: float = 0.0,
                                record: bool = True) -> tuple[float, float]:
         """One probe epoch, recorded as column `epoch` of the curve store. Returns (mean loss, last LR); rank 0's
         mean loss is the recorded column's. `record=False` trains the epoch without keeping, gathering or writing
-        the per-sample losses: what bench curve_overhead compares against."""
-        ids, losses, mean_loss, lr = self._train_epoch(epoch, start_batch, partial, wall_s, record)
+        the per-sample losses and margins: what bench curve_overhead compares against."""
+        ids, recorded, mean_loss, lr = self._train_epoch(epoch, start_batch, partial, wall_s, record)
         if record:
-            # Only rank 0, which holds the store (and logs), receives the epoch's losses.
-            epoch_losses = gather_by_id(ids, losses, len(self.train_table), dst=0)
+            # Only rank 0, which holds the store (and logs), receives the epoch's losses and margins, in one gather.
+            epoch_recorded = gather_by_id(ids, recorded, len(self.train_table), dst=0)
             if store is not None:
+                epoch_losses, epoch_margins = epoch_recorded[:, 0], epoch_recorded[:, 1]
                 # Includes the part of the epoch trained before a pre-emption, which the running sum does not.
                 mean_loss = float(epoch_losses.mean())
-                store.write_epoch(epoch, epoch_losses, lr)
+                store.write_epoch(epoch, epoch_losses, lr, epoch_margins)
         return mean_loss, lr
 
     def evaluate(self) -> dict:
@@ -151,7 +160,7 @@ class ProbeTrainer:
         self.train_loader.set_epoch(epoch, start_batch)
         batches = len(self.train_loader) + start_batch
         ids_seen = [partial["ids"].to(device)] if partial else []
-        losses_seen = [partial["losses"].to(device)] if partial else []
+        recorded_seen = [partial["recorded"].to(device)] if partial else []
         loss_sum = torch.zeros((), device=device)
         samples = 0
         self.progress.start_epoch(epoch, batches)
@@ -168,7 +177,8 @@ class ProbeTrainer:
                 per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
                 loss = per_sample.mean()
                 ids_seen.append(ids.to(device, non_blocking=True))
-                losses_seen.append(per_sample.detach())
+                margin = logit_margin(logits.detach().float(), labels)
+                recorded_seen.append(torch.stack([per_sample.detach(), margin], 1))
             else:
                 loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -179,22 +189,23 @@ class ProbeTrainer:
             self.progress.step(batch, samples)
             # After the last batch too, before the epoch is recorded: the next start records it from the checkpoint.
             if self.stop.agreed():
-                self._preempt(epoch, batch + 1, ids_seen, losses_seen, wall_s)
+                self._preempt(epoch, batch + 1, ids_seen, recorded_seen, wall_s)
         mean_loss = float(all_gather_concat(loss_sum.reshape(1)).sum() / max(1, samples * self.context.world_size))
-        return *self._recordings(ids_seen, losses_seen), mean_loss, lr
+        return *self._recordings(ids_seen, recorded_seen), mean_loss, lr
 
-    def _recordings(self, ids_seen: list, losses_seen: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's (ids, losses) of the epoch so far as two tensors (empty when nothing was recorded)."""
+    def _recordings(self, ids_seen: list, recorded_seen: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's ids [n] and (loss, margin) rows [n, 2] of the epoch so far (empty when nothing was
+        recorded)."""
         if not ids_seen:
-            empty = torch.zeros(0, device=self.context.device)
-            return empty.long(), empty
-        return torch.cat(ids_seen), torch.cat(losses_seen)
+            device = self.context.device
+            return torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, 2, device=device)
+        return torch.cat(ids_seen), torch.cat(recorded_seen)
 
-    def _preempt(self, epoch: int, batch: int, ids_seen: list, losses_seen: list, wall_s: float) -> None:
+    def _preempt(self, epoch: int, batch: int, ids_seen: list, recorded_seen: list, wall_s: float) -> None:
         """Save the position inside the epoch, with every rank's recordings so far, then stop."""
-        ids, losses = self._recordings(ids_seen, losses_seen)
+        ids, recorded = self._recordings(ids_seen, recorded_seen)
         # Every rank is at the same batch, so the recordings have the same length and can be all-gathered.
-        partial = {"ids": all_gather_concat(ids).cpu(), "losses": all_gather_concat(losses).cpu(),
+        partial = {"ids": all_gather_concat(ids).cpu(), "recorded": all_gather_concat(recorded).cpu(),
                    "world_size": self.context.world_size}
         if self.context.is_main:
             path = self.checkpointer.save({**self.state(wall_s), "partial": partial}, epoch, batch)
@@ -230,9 +241,15 @@ class ProbeTrainer:
                               f"epoch {position.epoch + 1} restarts from its first batch")
             position.batch = 0
             return None
+        if "recorded" not in partial:
+            # Saved before the probe recorded margins: the epoch's first part has losses only.
+            self.progress.say(f"the checkpoint holds no margins of epoch {position.epoch + 1}'s first batches: it "
+                              f"restarts from its first batch")
+            position.batch = 0
+            return None
         share = len(partial["ids"]) // self.context.world_size
         rows = slice(self.context.rank * share, (self.context.rank + 1) * share)
-        return {"ids": partial["ids"][rows], "losses": partial["losses"][rows]}
+        return {"ids": partial["ids"][rows], "recorded": partial["recorded"][rows]}
 
     def _remove_checkpoints_past_the_store(self, store: CurveStore) -> None:
         """Remove the checkpoints past the first epoch the store does not hold whole (naming its damaged complete
