@@ -17,6 +17,7 @@ BENCHMARKS = {
     "scale": "curve features, epoch gather, meta set, weights and allocate start-up at Clothing1M size",
     "predict": "predict's images/s on the CPU beside the evaluation pass's, same images, network and loader",
     "gpu": "the GPU path in one command: DALI mixed decode, ResNet-50 bf16 steps, quickstart stages on the GPU",
+    "detect": "mislabel detection: mean probe loss, AUM, cleanlab on K-fold predictions, allocate runs' weights",
 }
 
 
