@@ -1,0 +1,42 @@
+"""Which training labels look wrong, and how many in each class, from the final classifier's loss on each sample.
+
+A sample's suspect score is 1 - p(given label | x). The count of wrong labels per given class follows confident
+learning (Northcutt et al., 2021): with t_c the mean of p(c|x) over the samples labelled c, a sample labelled c
+counts as wrong when p(c|x) < t_c and the classifier predicts another class.
+Flagged are exactly the samples counted: on runs with known true labels this rule alone measured a higher F1 than
+flagging each class's count in suspect-score order.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support
+
+
+def given_label_probability(losses: np.ndarray) -> np.ndarray:
+    """p(given label | x) from each sample's cross-entropy against its given label."""
+    return np.exp(-losses.astype(np.float64))
+
+
+def suspect_scores(losses: np.ndarray) -> np.ndarray:
+    """1 - p(given label | x): higher = more likely mislabeled."""
+    return 1.0 - given_label_probability(losses)
+
+
+def class_thresholds(p_given: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """t_c: the mean p(c|x) over the samples labelled c (0 for a class without samples)."""
+    sums = np.bincount(labels, weights=p_given)
+    counts = np.bincount(labels)
+    return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+
+
+def flag_wrong_labels(losses: np.ndarray, labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """The samples whose given label looks wrong: p(given|x) below their class's t_c, and another class predicted."""
+    p_given = given_label_probability(losses)
+    return (p_given < class_thresholds(p_given, labels)[labels]) & (predictions != labels)
+
+
+def flagged_scores(flagged: np.ndarray, mislabeled: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of the flagged set against the samples known to be mislabeled."""
+    precision, recall, f1, _ = precision_recall_fscore_support(mislabeled, flagged, average="binary",
+                                                               zero_division=0)
+    return {"flagged_precision": float(precision), "flagged_recall": float(recall), "flagged_f1": float(f1)}
