@@ -27,7 +27,7 @@ from curvenet_dist.meta.meta_iteration import IterationResult, MetaIteration
 from curvenet_dist.methods.base import AllocateSetup
 from curvenet_dist.methods.registry import METHODS
 from curvenet_dist.tracking.mlflow_tracker import RUN_ID_FILE, Tracker
-from curvenet_dist.tracking.report import write_allocate_report
+from curvenet_dist.tracking.report import write_allocate_report, wrong_labels_line
 
 ARTIFACTS = ("config.yaml", "metrics.json", "weights.npy", "suspects.csv", "weights_by_class.png", "confusion_matrix.png")
 
@@ -215,7 +215,7 @@ class AllocateTrainer:
                   **self.method.summary(weights)}
         if not context.is_main:
             return result
-        result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions,
+        result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions, train_losses,
                                             self.test_predictions, self.method.ranks_samples))
         publish_model(self.run_dir, self.model, config, self.splits.class_names, "allocate", tracker)
         write_json(self.run_dir / "metrics.json", result)
@@ -233,6 +233,7 @@ class AllocateTrainer:
                                       "and no weighting can help that")
         for line in ([warning] if warning else []) + self.method.warnings(weights):
             self.progress.say(line)
+        self.progress.say(wrong_labels_line(result["flagged"], self.num_samples))
         return result
 
     def state(self, wall_s: float) -> dict:
