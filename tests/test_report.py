@@ -1,5 +1,5 @@
 """The allocate report: suspects.csv with its flags, suspects.png, the flagged set's scores, and `python -m
-curvenet_dist.report` redrawing the figure."""
+curvenet_dist.report` redrawing the figure and writing the training list without (or relabeled at) the flagged."""
 from __future__ import annotations
 
 import subprocess
@@ -7,14 +7,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pyarrow import csv as pyarrow_csv
 
 from curvenet_dist.config import load_config
-from curvenet_dist.data.datasets import Splits
+from curvenet_dist.data.datasets import Splits, load_source
+from curvenet_dist.data.loader import build_loader
 from curvenet_dist.data.sample_table import PreparedDataset, SampleTable
 from curvenet_dist.tracking.plots import plot_weights_by_class
-from curvenet_dist.tracking.report import SUSPECTS_HEADER, write_allocate_report, wrong_labels_line
+from curvenet_dist.tracking.report import SUSPECTS_HEADER, main, write_allocate_report, wrong_labels_line
 from tests.conftest import REPO
 
 CLASSES = ["cat", "dog, big", 'say "hi"']
@@ -93,6 +95,13 @@ def report(*arguments):
                           capture_output=True, text=True, timeout=120)
 
 
+def report_main(capsys, *arguments):
+    """The same command's exit status, output and error output, run in this process."""
+    status = main(list(map(str, arguments)))
+    captured = capsys.readouterr()
+    return status, captured.out.strip(), captured.err.strip()
+
+
 def test_report_redraws_the_suspects_grid_for_a_run_folder(tmp_path):
     run_dir, _ = allocate_run_folder(tmp_path)
     result = report(run_dir, "--top", 4)
@@ -103,6 +112,71 @@ def test_report_redraws_the_suspects_grid_for_a_run_folder(tmp_path):
     assert report(run_dir, "--top", 12).returncode == 0
     with Image.open(run_dir / "suspects.png") as two_rows:
         assert two_rows.size[1] > 1.8 * one_row_height
+
+
+def loads(out, image_root, num_classes):
+    """The written training list, read as a prepared dataset's train.csv, and every image of it loaded."""
+    table = SampleTable.read_csv(out, image_root, num_classes)
+    data = load_config(None, ["data.image_size=8", "data.eval_batch_size=5"]).data
+    loader = build_loader(data, table, train=False, rank=0, world_size=1, seed=0, device=torch.device("cpu"))
+    assert sorted(torch.cat([ids for _, _, ids in loader]).tolist()) == list(range(len(table)))
+    return table
+
+
+def test_export_clean_writes_the_training_list_without_the_flagged_samples(tmp_path, capsys):
+    run_dir, _ = allocate_run_folder(tmp_path)
+    out = tmp_path / "clean" / "train.csv"
+    assert report_main(capsys, run_dir, "--export-clean", out) == (
+        0, f"wrote {out}: 7 of 12 training samples, the 5 flagged left out; paths relative to {tmp_path / 'dataset'}",
+        "")
+    train = PreparedDataset.read(tmp_path / "dataset").splits["train"]
+    clean = loads(out, train.image_root, 3)
+    kept = [i for i in range(NUM_SAMPLES) if i not in FLAGGED]
+    assert clean.paths == [train.paths[i] for i in kept]
+    assert clean.labels.tolist() == LABELS[kept].tolist() and clean.true_labels.tolist() == TRUE_LABELS[kept].tolist()
+    assert report_main(capsys, run_dir, "--export-clean", out) == (2, "", f"error: {out}: exists; name a new file")
+
+
+def test_relabel_replaces_exactly_the_flagged_samples_labels_with_the_prediction(tmp_path, capsys):
+    run_dir, _ = allocate_run_folder(tmp_path)
+    out = tmp_path / "relabeled.csv"
+    assert report_main(capsys, run_dir, "--relabel", out)[0] == 0
+    train = PreparedDataset.read(tmp_path / "dataset").splits["train"]
+    relabeled = loads(out, train.image_root, 3)
+    assert relabeled.paths == train.paths and relabeled.true_labels.tolist() == TRUE_LABELS.tolist()
+    changed = np.flatnonzero(relabeled.labels != LABELS).tolist()
+    assert changed == FLAGGED and relabeled.labels[changed].tolist() == PREDICTIONS[changed].tolist()
+
+
+def test_export_clean_of_a_digits_run_lists_the_image_paths_the_run_used(tmp_path, capsys):
+    config = load_config(None, ["data.source=digits", "data.image_size=8"])
+    train = load_source(config.data).splits["train"].select(np.arange(30))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config.save(run_dir / "config.yaml")
+    predictions = (train.labels + 1) % 10
+    losses = np.linspace(3.0, 0.1, 30)
+    names = [str(c) for c in range(10)]
+    write_allocate_report(run_dir, Splits(names, train, train.select([]), None, train), np.ones(30), predictions,
+                          losses, predictions, ranks_samples=False)
+    out = tmp_path / "clean.csv"
+    status, line, _ = report_main(capsys, run_dir, "--export-clean", out)
+    assert status == 0 and line.endswith(f"paths relative to {train.image_root}")
+    clean = loads(out, train.image_root, 10)
+    flagged = {row["sample_id"] for row in read_suspects_csv(run_dir) if row["flagged"]}
+    kept = [i for i in range(30) if i not in flagged]
+    assert 0 < len(flagged) < 30
+    assert clean.paths == [train.paths[i] for i in kept] and clean.labels.tolist() == train.labels[kept].tolist()
+
+
+@pytest.mark.parametrize("option", ["--export-clean", "--relabel"])
+def test_exporting_from_a_run_folder_without_suspects_says_so(tmp_path, capsys, option):
+    run_dir = tmp_path / "probe_run"
+    run_dir.mkdir()
+    load_config(None, ["data.source=digits"]).save(run_dir / "config.yaml")
+    assert report_main(capsys, run_dir, option, tmp_path / "out.csv") == (
+        2, "", f"error: {run_dir / 'suspects.csv'}: missing; is {run_dir} a finished allocate run folder?")
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_report_on_a_folder_that_is_not_an_allocate_run_says_so(tmp_path):

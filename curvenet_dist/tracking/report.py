@@ -1,6 +1,8 @@
 """The allocate stage's outputs in the run folder: weights, noise-detection scores, suspects, figures.
 
-`python -m curvenet_dist.report RUN_DIR [--top K]` draws `suspects.png` again for a finished allocate run.
+`python -m curvenet_dist.report RUN_DIR [--top K]` draws `suspects.png` again for a finished allocate run;
+`--export-clean OUT` writes the run's training list without the flagged samples, `--relabel OUT` with each flagged
+sample's label replaced by the model's prediction.
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow
+import pyarrow.compute as pyarrow_compute
 from pyarrow import csv as pyarrow_csv
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from curvenet_dist.config import Config, ConfigError, load_config
 from curvenet_dist.data.datasets import Splits, load_source
-from curvenet_dist.data.sample_table import DataError, SampleTable
+from curvenet_dist.data.sample_table import UNKNOWN, DataError, PreparedDataset, SampleTable
 from curvenet_dist.tracking.mlflow_tracker import log_to_active_run
 from curvenet_dist.tracking.plots import plot_confusion_matrix, plot_suspects, plot_weights_by_class
 from curvenet_dist.tracking.suspects import flag_wrong_labels, flagged_scores, suspect_scores
@@ -223,16 +226,92 @@ def redraw(run_dir: Path, top: int) -> Path:
     return draw_suspects(suspects, image_root, run_dir / SUSPECTS_FIGURE)
 
 
+def class_indices(table: pyarrow.Table, column: str, dataset: PreparedDataset, path: Path) -> np.ndarray:
+    """The class numbers of a label column of a suspects.csv; '' (a true label nobody knows) is UNKNOWN."""
+    names = [*dataset.class_names, ""] if column == "true_label" else dataset.class_names
+    indices = pyarrow_compute.index_in(table.column(column), value_set=pyarrow.array(names, pyarrow.string()))
+    for row in np.flatnonzero(indices.is_null().to_numpy(zero_copy_only=False))[:1]:
+        raise DataError(f"{path}:{table.column('rank')[row].as_py() + 1}: {column} "
+                        f"{table.column(column)[row].as_py()!r} is not one of the classes of {dataset.folder}")
+    indices = indices.to_numpy().astype(np.int64)
+    return np.where(indices == dataset.num_classes, UNKNOWN, indices)
+
+
+@dataclass
+class RunTrainingList:
+    """An allocate run's training samples in sample-id order, with its model's predictions and its flags."""
+
+    table: SampleTable
+    predicted: np.ndarray
+    flagged: np.ndarray
+
+
+def run_training_list(run_dir: Path) -> RunTrainingList:
+    """The training list an allocate run used, read back from its suspects.csv (every training sample)."""
+    config = run_config(run_dir)
+    path = run_dir / SUSPECTS_CSV
+    table = read_suspects_table(path).sort_by("sample_id")
+    dataset = load_source(config.data)
+    if not np.array_equal(table.column("sample_id").to_numpy(), np.arange(len(table))):
+        raise DataError(f"{path}: the sample ids are not 0..{len(table) - 1}, each once: not an allocate run's "
+                        f"list of every training sample")
+    given, predicted, true = (class_indices(table, column, dataset, path)
+                              for column in ("given_label", "predicted_label", "true_label"))
+    train = SampleTable(dataset.splits["train"].image_root, table.column("path").to_pylist(), given, true,
+                        dataset.num_classes, origin=str(path))
+    return RunTrainingList(train, predicted, table.column("flagged").to_numpy(zero_copy_only=False))
+
+
+def write_training_list(table: SampleTable, out: Path) -> None:
+    """`table` as a prepared dataset's train.csv (path,label,true_label); an existing file is left alone."""
+    if out.exists():
+        raise DataError(f"{out}: exists; name a new file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write_csv(out)
+
+
+def export_clean(run_dir: Path, out: Path) -> str:
+    """The run's training list without its flagged samples, written to `out`; says what it wrote."""
+    run = run_training_list(run_dir)
+    kept = np.flatnonzero(~run.flagged)
+    write_training_list(run.table.select(kept), out)
+    return (f"wrote {out}: {len(kept)} of {len(run.table)} training samples, the {int(run.flagged.sum())} flagged "
+            f"left out; paths relative to {run.table.image_root}")
+
+
+def export_relabeled(run_dir: Path, out: Path) -> str:
+    """The run's training list with each flagged sample's label replaced by the model's prediction, written to
+    `out`; says what it wrote."""
+    run = run_training_list(run_dir)
+    labels = np.where(run.flagged, run.predicted, run.table.labels)
+    write_training_list(run.table.select(run.table.ids, labels=labels), out)
+    return (f"wrote {out}: {len(run.table)} training samples, the {int(run.flagged.sum())} flagged relabeled to the "
+            f"model's prediction; paths relative to {run.table.image_root}")
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m curvenet_dist.report",
-                                     description="Draw suspects.png of an allocate run folder again.")
+    parser = argparse.ArgumentParser(
+        prog="python -m curvenet_dist.report",
+        description="Draw suspects.png of an allocate run folder again, or write its training list without (or "
+                    "relabeled at) the samples it flagged, as a prepared dataset's train.csv.")
     parser.add_argument("run_dir", type=Path, help="an allocate run folder (holding suspects.csv and config.yaml)")
     parser.add_argument("--top", type=int, default=TOP_SUSPECTS, help="how many suspects to show")
+    exports = parser.add_mutually_exclusive_group()
+    exports.add_argument("--export-clean", type=Path, metavar="OUT",
+                         help="write the training list without the flagged samples to OUT")
+    exports.add_argument("--relabel", type=Path, metavar="OUT",
+                         help="write the training list with each flagged sample's label set to the model's "
+                              "prediction to OUT")
     arguments = parser.parse_args(argv)
     if arguments.top < 1:
         parser.error(f"--top {arguments.top}: must be at least 1")
     try:
-        print(f"wrote {redraw(arguments.run_dir, arguments.top)}")
+        if arguments.export_clean:
+            print(export_clean(arguments.run_dir, arguments.export_clean))
+        elif arguments.relabel:
+            print(export_relabeled(arguments.run_dir, arguments.relabel))
+        else:
+            print(f"wrote {redraw(arguments.run_dir, arguments.top)}")
     except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
