@@ -18,7 +18,7 @@ from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
 from curvenet_dist.meta.weighting_optimizer import weighting_optimizer
 from curvenet_dist.models.staged import ClassifierHead, StagedNet
 from curvenet_dist.models.weighting import CurveNet
-from curvenet_dist.tracking.report import class_relative, noise_detection_scores, suspect_order
+from curvenet_dist.tracking.report import class_relative, noise_detection_scores
 
 NUM_CLASSES, PER_CLASS, EPOCHS, SKIP_EPOCHS = 4, 150, 15, 2
 BATCH, META_PER_CLASS = 64, 10
@@ -187,4 +187,3 @@ def test_noise_is_scored_on_the_weight_relative_to_its_class():
     mislabeled = np.array([False, False, True, False, False, True])
     assert noise_detection_scores(weights, mislabeled)["noise_auroc"] < 1.0
     assert noise_detection_scores(class_relative(weights, labels), mislabeled)["noise_auroc"] == 1.0
-    assert suspect_order(weights, labels, labels)[:2].tolist() == [2, 5]

@@ -153,7 +153,7 @@ def part_suspects(folder: Path) -> dict:
     splits = Splits([f"class{c}" for c in range(CLASSES)], table, table.select([]), None, table.select([]))
     start = time.perf_counter()
     write_suspects(folder / "suspects.csv", splits, rng.random(len(table), dtype=np.float32),
-                   rng.integers(0, CLASSES, len(table)))
+                   rng.integers(0, CLASSES, len(table)), rng.random(len(table)), rng.random(len(table)) < 0.1)
     return {"suspects_csv_s": time.perf_counter() - start}
 
 
