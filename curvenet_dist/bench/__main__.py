@@ -18,6 +18,7 @@ BENCHMARKS = {
     "predict": "predict's images/s on the CPU beside the evaluation pass's, same images, network and loader",
     "gpu": "the GPU path in one command: DALI mixed decode, ResNet-50 bf16 steps, quickstart stages on the GPU",
     "detect": "mislabel detection: mean probe loss, AUM, cleanlab on K-fold predictions, allocate runs' weights",
+    "stage_cost": "whole allocate stages under torchrun, interleaved: meta-learned methods' wall time over CE's",
 }
 
 
