@@ -3,6 +3,7 @@ line when it is not whole or not of the network it describes; logging it to MLfl
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -103,7 +104,9 @@ def test_a_damaged_description_is_refused_naming_the_file_and_key(tmp_path):
         load_run_model(tmp_path, torch.device("cpu"))
 
 
-def test_a_model_mlflow_cannot_log_costs_one_line_and_the_run_still_finishes(tmp_path, mlflow_server, capsys):
+def test_a_model_mlflow_cannot_log_costs_one_line_and_the_run_still_finishes(tmp_path, mlflow_server, capsys,
+                                                                               monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = load_config(QUICKSTART, [*TINY, f"run.dir={tmp_path}", "tracking.enabled=true",
                                       f"tracking.uri={mlflow_server}", "tracking.experiment=model-file"])
     tracker = MlflowTracker(config, tmp_path, "allocate", {})
@@ -115,4 +118,6 @@ def test_a_model_mlflow_cannot_log_costs_one_line_and_the_run_still_finishes(tmp
     assert notes[0].endswith("the run folder's model.safetensors holds it")
     run = MlflowClient(mlflow_server).get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and "model_uri" not in run.data.tags
+    # Logging the model leaves the environment as it was: later trackers and child processes use their own store.
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 

@@ -188,6 +188,7 @@ class MlflowTracker(Tracker):
         import mlflow
         import mlflow.pytorch
 
+        exported = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         try:
             # MLflow files a logged model under the process's current experiment, not its run's.
@@ -201,6 +202,13 @@ class MlflowTracker(Tracker):
         except Exception as error:  # whatever fails here, the run folder has the model and the stage goes on
             print(f"note: the model was not logged to MLflow run {self.run_id}: {first_line(error)}; the run "
                   f"folder's model.safetensors holds it", file=sys.stderr, flush=True)
+        finally:
+            # set_tracking_uri also exports the URI to the environment, where every later tracker in this process
+            # and every child process would take it for the user's choice.
+            if exported is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = exported
 
     def finish(self, status: str = "FINISHED") -> None:
         global _active
