@@ -33,6 +33,15 @@ def torchrun(script: str, nproc: int, arguments: list[str], *, env: dict | None 
     return result
 
 
+def run_bench(name: str, *arguments: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m curvenet_dist.bench <name> arguments...` in a child process, as users run it."""
+    result = subprocess.run([sys.executable, "-m", "curvenet_dist.bench", name, *arguments], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"bench {name} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
 def kill_allocate_after_epoch(arguments: list[str], run_dir: Path, epoch: int = 2) -> dict:
     """Start `launch/allocate.py ARGUMENTS` on 2 ranks under torchrun, SIGKILL it (agent and workers) once the
     checkpoint of `epoch` exists, and return that checkpoint."""

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from curvenet_dist.curves.store import CurveStore
-from tests.conftest import QUICKSTART, REPO, TINY, torchrun
+from tests.conftest import QUICKSTART, TINY, run_bench, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -22,19 +19,11 @@ STORE_DETECTORS = ("mean_loss", "aum")
 CLEANLAB_DETECTORS = ("cl_self_confidence", "cl_self_confidence_adjusted", "cl_find_label_issues")
 
 
-def bench(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "curvenet_dist.bench", "detect", *arguments], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"bench detect exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """The bench's own probe run (2 ranks under torchrun) and 2 folds, at 8x8 for 3 epochs: its stdout, its folder."""
     run_dir = tmp_path_factory.mktemp("detect")
-    return bench("--folds", "2", "--run-dir", str(run_dir), *TINY).stdout, run_dir
+    return run_bench("detect", "--folds", "2", "--run-dir", str(run_dir), *TINY).stdout, run_dir
 
 
 def test_every_detector_gets_a_line_and_its_auroc_in_the_json_line(tiny_run):
@@ -58,7 +47,7 @@ def test_a_reused_probe_and_an_allocate_run_are_scored_on_the_same_samples(tiny_
     torchrun("allocate.py", 2, ["--config", str(QUICKSTART), f"allocate.probe_dir={probe_dir}", f"run.dir={allocate_dir}",
                                 *TINY, "allocate.epochs=2", "allocate.milestones=[1]", "curvenet.skip_epochs=1",
                                 "method=curvenet"])
-    again = json.loads(bench("--folds", "2", "--probe-dir", str(probe_dir), "--allocate-dir",
+    again = json.loads(run_bench("detect", "--folds", "2", "--probe-dir", str(probe_dir), "--allocate-dir",
                              str(allocate_dir)).stdout.strip().splitlines()[-1])
     first = json.loads(output.strip().splitlines()[-1])
     # Same store, same folds and seed: every score is the same as the first time.
@@ -78,7 +67,7 @@ def test_a_store_recorded_before_margins_is_named_in_one_line(tiny_run, tmp_path
     probe_dir = tmp_path / "probe"
     shutil.copytree(run_dir / "seed0" / "probe", probe_dir)
     shutil.rmtree(probe_dir / "curves.zarr" / "margin")  # the layout of a store written before margins
-    result = bench("--probe-dir", str(probe_dir), check=False)
+    result = run_bench("detect", "--probe-dir", str(probe_dir), check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {probe_dir / 'curves.zarr'} holds no logit margins (it was recorded before the probe kept them) and "

@@ -3,26 +3,15 @@ probe, their wall-time ratio and accuracies, and a rerun that reuses every finis
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY, run_bench
 
 pytestmark = pytest.mark.slow
 
 RUN = ["--methods", "ce", "curvenet", "--rounds", "1", *TINY, "allocate.epochs=2", "allocate.milestones=[1]",
        "curvenet.skip_epochs=1"]
-
-
-def bench(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "curvenet_dist.bench", "stage_cost", *arguments], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"bench stage_cost exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def run_metrics(run_dir, method: str) -> dict:
@@ -33,7 +22,7 @@ def run_metrics(run_dir, method: str) -> dict:
 def tiny_run(tmp_path_factory):
     """One probe and one round of CE and CurveNet, 2 ranks each: the bench's stdout and its run folder."""
     run_dir = tmp_path_factory.mktemp("stage-cost")
-    return bench("--run-dir", str(run_dir), *RUN).stdout, run_dir
+    return run_bench("stage_cost", "--run-dir", str(run_dir), *RUN).stdout, run_dir
 
 
 def test_the_json_line_holds_the_ratio_to_ce_and_each_runs_accuracy(tiny_run):
@@ -63,7 +52,7 @@ def test_a_rerun_reuses_the_finished_runs_without_training(tiny_run):
     output, run_dir = tiny_run
     finished = {path: path.stat().st_mtime_ns for path in run_dir.rglob("metrics.json")}
     assert len(finished) == 3  # the probe, CE and CurveNet
-    again = bench("--run-dir", str(run_dir), *RUN).stdout.strip().splitlines()
+    again = run_bench("stage_cost", "--run-dir", str(run_dir), *RUN).stdout.strip().splitlines()
     assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("metrics.json")} == finished
     runs = [line for line in again if line.startswith("quickstart round 1/1 ")]
     assert len(runs) == 2 and all(line.endswith("(reused)") for line in runs), again
@@ -73,7 +62,7 @@ def test_a_rerun_reuses_the_finished_runs_without_training(tiny_run):
 
 def test_a_rerun_with_other_settings_names_the_finished_run_in_one_line(tiny_run):
     _, run_dir = tiny_run
-    result = bench("--run-dir", str(run_dir), *RUN, "allocate.epochs=3", check=False)
+    result = run_bench("stage_cost", "--run-dir", str(run_dir), *RUN, "allocate.epochs=3", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {run_dir / 'quickstart' / 'round1' / 'ce'} holds a finished run with allocate.epochs=2, not 3; "
