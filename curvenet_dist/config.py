@@ -273,15 +273,16 @@ class MetaLearningConfig:
 
     section: typing.ClassVar[str]
     """The config section, which names the keys in errors."""
-    meta_lr: float
-    """Adam LR of the weighting network."""
-    meta_weight_decay: float
-    """Adam weight decay of the weighting network."""
-    meta_interval: int
+    meta_lr: float = 1e-3
+    """AdamW LR of the weighting network."""
+    meta_weight_decay: float = 1e-4
+    """AdamW weight decay of the weighting network."""
+    meta_interval: int = 1
     """A meta update every this many training iterations."""
-    skip_layers: int
+    skip_layers: int = 2
     """Keep the stem and the first k stages of the classifier out of the virtual step (0: full meta step); at most
-    the backbone's stage count."""
+    the backbone's stage count. 2 is the CurveNet paper's SL=3: the stem and stages 1-2 out, the last stage and the
+    head virtually updated."""
 
     def validate(self) -> None:
         _positive(f"{self.section}.meta_lr", self.meta_lr)
@@ -295,11 +296,6 @@ class CurveNetConfig(MetaLearningConfig):
     """`method=curvenet`: a network that weighs each sample from its probe loss curve and given label."""
 
     section = "curvenet"
-    meta_lr: float = 1e-3
-    meta_weight_decay: float = 1e-4
-    meta_interval: int = 1
-    skip_layers: int = 2
-    """2 is the paper's SL=3: the stem and stages 1-2 out, the last stage and the head virtually updated."""
     skip_epochs: int = 5
     """S: the first S probe epochs are dropped from each curve."""
     normalize_std: bool = True
@@ -337,10 +333,6 @@ class MWNetConfig(MetaLearningConfig):
     """`method=mwnet`: Meta-Weight-Net, a 1-h-1 MLP that weighs each sample from its current loss."""
 
     section = "mwnet"
-    meta_lr: float = 1e-3
-    meta_weight_decay: float = 1e-4
-    meta_interval: int = 1
-    skip_layers: int = 2
     hidden: int = 100
     """Width of the MLP's hidden layer."""
     weight_scale: str = "none"
