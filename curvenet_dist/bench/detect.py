@@ -18,7 +18,6 @@ probe, this seed's probe run's for an allocate run's. The JSON line holds each a
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import statistics
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
-from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from curvenet_dist.config import Config, ConfigError, DataConfig, load_config
@@ -49,7 +48,8 @@ from curvenet_dist.engine.launch import USER_ERROR_EXIT_CODE, error_line, torchr
 from curvenet_dist.engine.lr_schedule import probe_lr
 from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.models.staged import StagedNet
-from curvenet_dist.tracking.report import SUSPECTS_CSV
+from curvenet_dist.tracking.report import SUSPECTS_CSV, read_suspects_table
+from curvenet_dist.tracking.suspects import flagged_scores
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = "{seed}"
@@ -195,10 +195,9 @@ def cleanlab_detectors(config: Config, splits: Splits, probe_world_size: int, fo
 
 def flag_figures(flagged: np.ndarray, truth: Truth) -> dict[str, float]:
     """Precision, recall and F1 of the flagged samples, how many there are, and the AUROC and AP of the flag."""
-    precision, recall, f1, _ = precision_recall_fscore_support(truth.mislabeled, flagged[truth.known],
-                                                               average="binary", zero_division=0)
-    return {**detection_figures(flagged.astype(np.float64), truth), "precision": float(precision),
-            "recall": float(recall), "f1": float(f1), "flagged": int(flagged.sum())}
+    scores = flagged_scores(flagged[truth.known], truth.mislabeled)
+    return {**detection_figures(flagged.astype(np.float64), truth), "precision": scores["flagged_precision"],
+            "recall": scores["flagged_recall"], "f1": scores["flagged_f1"], "flagged": int(flagged.sum())}
 
 
 def out_of_sample_probabilities(config: Config, splits: Splits, probe_world_size: int, folds: int) -> np.ndarray:
@@ -276,12 +275,12 @@ def allocate_detector(folder: Path, store: CurveStore, truth: Truth, probe_s: fl
 
 def suspicion_by_rank(path: Path, num_samples: int) -> np.ndarray:
     """Each training sample's suspicion from its rank in suspects.csv: minus the rank, so rank 1 scores highest."""
-    with open(path, newline="") as file:
-        rows = np.array([(int(row["sample_id"]), int(row["rank"])) for row in csv.DictReader(file)], np.int64)
-    if len(rows) != num_samples or not np.array_equal(np.sort(rows[:, 0]), np.arange(num_samples)):
+    table = read_suspects_table(path)
+    ids, ranks = table.column("sample_id").to_numpy(), table.column("rank").to_numpy()
+    if len(ids) != num_samples or not np.array_equal(np.sort(ids), np.arange(num_samples)):
         raise DetectError(f"{path} does not list each of the {num_samples} training samples once")
     suspicion = np.empty(num_samples)
-    suspicion[rows[:, 0]] = -rows[:, 1]
+    suspicion[ids] = -ranks
     return suspicion
 
 
