@@ -178,7 +178,7 @@ class AllocateTrainer:
                 ids = plan.sample_ids[ids]
             ids = ids.to(device, non_blocking=True)
             inputs = plan.inputs[ids] if plan.inputs is not None else None
-            meta_batch = self.method.meta_batch(batch) if plan.meta_learning else None
+            meta_batch = self.method.meta_batch(batch)
             self.method.before_step(epoch, batch, labels, inputs, ids)
             with self.autocast():
                 result = self.iteration.step(images, labels, inputs, meta_batch, fixed_weights=(
@@ -209,10 +209,11 @@ class AllocateTrainer:
         train_predictions, train_losses = predict(self.model, self.train_eval_loader, context.device,
                                                   self.num_samples, self.autocast)
         weights = self.method.final_weights(train_losses)
+        summary = self.method.summary(weights)
         result = {**report, "method": config.method, "skip_layers": self.method.skip_layers,
                   "meta_sync": config.meta.sync, "epochs": self.epochs, "world_size": context.world_size,
                   "wall_s": elapsed(), "num_samples": self.num_samples, "mlflow_run_id": tracker.run_id,
-                  **self.method.summary(weights)}
+                  **summary}
         if not context.is_main:
             return result
         result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions, train_losses,
@@ -231,7 +232,7 @@ class AllocateTrainer:
         steps = len(self.train_loader) * self.epochs
         warning = near_chance_warning(result["test_acc"], self.splits.num_classes, steps,
                                       "and no weighting can help that")
-        for line in ([warning] if warning else []) + self.method.warnings(weights):
+        for line in ([warning] if warning else []) + self.method.warnings(summary):
             self.progress.say(line)
         self.progress.say(wrong_labels_line(result["flagged"], self.num_samples))
         return result

@@ -55,8 +55,6 @@ class EpochPlan:
     """The method's per-sample inputs, indexed by sample id (CurveNet's curves, Dynamic Loss's bucket and sample)."""
     sample_ids: torch.Tensor | None = None
     """Sample id of each row of `loader`'s table, when that table is a subset of the training set."""
-    meta_learning: bool = False
-    """Whether the weighting net takes meta updates this epoch."""
 
 
 class Method:
@@ -92,7 +90,7 @@ class Method:
         return EpochPlan(self.setup.train_loader)
 
     def meta_batch(self, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The meta batch for train batch `batch` of an epoch that meta-learns, or None for no meta update."""
+        """The meta batch for train batch `batch`, or None when that batch takes no meta update."""
         return None
 
     def before_step(self, epoch: int, batch: int, labels: torch.Tensor, inputs: torch.Tensor | None,
@@ -114,8 +112,8 @@ class Method:
         """The method's figures for metrics.json."""
         return {}
 
-    def warnings(self, weights: np.ndarray) -> list[str]:
-        """Lines to print at the end of the run about what the method learned."""
+    def warnings(self, summary: dict) -> list[str]:
+        """Lines to print at the end of the run about what the method learned, given its `summary`."""
         return []
 
     def state_dict(self) -> dict:

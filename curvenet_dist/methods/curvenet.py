@@ -59,7 +59,7 @@ class CurveNetMethod(MetaLearnedMethod):
             self.frozen_weights = self.scale.frozen(self.weights(), self.setup.train_labels())
         self.meta_learning = not frozen
         return EpochPlan(self.setup.train_loader, fixed_weights=self.frozen_weights if frozen else None,
-                         inputs=self.curves, meta_learning=self.meta_learning)
+                         inputs=self.curves)
 
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
         """The noise AUROC of the current class-relative weights over the samples whose true label is known: how

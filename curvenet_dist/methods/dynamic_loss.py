@@ -41,17 +41,18 @@ class DynamicLossMethod(MetaLearnedMethod):
         frozen = self._freeze_if_due(epoch)
         self.warm = epoch < self.settings.warmup_epochs and not frozen
         self.meta_learning = not (self.warm or frozen)
-        inputs = self._rank_samples(epoch, start_batch)
+        losses = self._evaluate_losses(epoch, start_batch)
+        inputs = self._rank_inputs(losses)
         ones = torch.ones(len(self.setup.splits.train), device=self.setup.device) if self.warm else None
         if not self.meta_learning:
             return EpochPlan(self.setup.train_loader, fixed_weights=ones, inputs=inputs)
-        train_rows = self._draw_meta_set(epoch, start_batch)
+        train_rows = self._draw_meta_set(losses, epoch, start_batch)
         loader = build_loader(self.setup.config.data, self.setup.splits.train.select(train_rows), train=True,
                               **self.setup.loader_arguments)
-        return EpochPlan(loader, inputs=inputs, sample_ids=torch.from_numpy(train_rows), meta_learning=True)
+        return EpochPlan(loader, inputs=inputs, sample_ids=torch.from_numpy(train_rows))
 
-    def _rank_samples(self, epoch: int, start_batch: int) -> torch.Tensor:
-        """Every sample's (loss-rank bucket within its class, sampled prediction) from one evaluation pass; a run
+    def _evaluate_losses(self, epoch: int, start_batch: int) -> np.ndarray:
+        """Every sample's loss (and sampled prediction, kept in `predicted`) from one evaluation pass; a run
         resumed inside an epoch reuses that epoch's pass, so it trains on the same split as before."""
         setup, train = self.setup, self.setup.splits.train
         if self.eval_losses is None or start_batch == 0:
@@ -61,15 +62,18 @@ class DynamicLossMethod(MetaLearnedMethod):
                                                  setup.autocast, generator)
             self.eval_losses = torch.from_numpy(losses).to(setup.device)
             self.predicted = torch.from_numpy(samples).to(setup.device)
-        buckets = rank_buckets(self.eval_losses.cpu().numpy(), train.labels, self.settings.buckets)
-        return torch.stack([torch.from_numpy(buckets).to(setup.device), self.predicted], dim=1)
+        return self.eval_losses.cpu().numpy()
 
-    def _draw_meta_set(self, epoch: int, start_batch: int) -> np.ndarray:
+    def _rank_inputs(self, losses: np.ndarray) -> torch.Tensor:
+        """Every sample's (loss-rank bucket within its class, sampled prediction)."""
+        buckets = rank_buckets(losses, self.setup.splits.train.labels, self.settings.buckets)
+        return torch.stack([torch.from_numpy(buckets).to(self.setup.device), self.predicted], dim=1)
+
+    def _draw_meta_set(self, losses: np.ndarray, epoch: int, start_batch: int) -> np.ndarray:
         """Draws the epoch's hierarchical meta sample (with the clean set, if any) into the meta batches; returns
         the training rows left."""
         setup, train = self.setup, self.setup.splits.train
-        meta_rows = hierarchical_sample(self.eval_losses.cpu().numpy(), train.labels, setup.splits.num_classes,
-                                        setup.config.run.seed, epoch)
+        meta_rows = hierarchical_sample(losses, train.labels, setup.splits.num_classes, setup.config.run.seed, epoch)
         meta_table = train.select(meta_rows)
         if self.meta_table is not None:
             meta_table = union(meta_table, self.meta_table)

@@ -101,9 +101,9 @@ class MetaLearnedMethod(Method):
     def summary(self, weights: np.ndarray) -> dict:
         return {"weight_spread": weight_spread(weights, self.setup.splits.train.labels)}
 
-    def warnings(self, weights: np.ndarray) -> list[str]:
-        warning = constant_weights_warning(weight_spread(weights, self.setup.splits.train.labels),
-                                           self.meta_update_count(), self.last_meta_gradient_norm)
+    def warnings(self, summary: dict) -> list[str]:
+        warning = constant_weights_warning(summary["weight_spread"], self.meta_update_count(),
+                                           self.last_meta_gradient_norm)
         return [warning] if warning else []
 
     def state_dict(self) -> dict:

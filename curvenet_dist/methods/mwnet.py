@@ -32,7 +32,7 @@ class MetaWeightNetMethod(MetaLearnedMethod):
 
     def start_epoch(self, epoch: int, start_batch: int) -> EpochPlan:
         self.meta_learning = not self._freeze_if_due(epoch)
-        return EpochPlan(self.setup.train_loader, meta_learning=self.meta_learning)
+        return EpochPlan(self.setup.train_loader)
 
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
         # The weight depends on the sample's loss: here its loss under the final classifier.
