@@ -232,3 +232,10 @@ def test_a_config_file_that_is_not_utf8_names_its_line(tmp_path):
         load_config(path)
     assert str(error.value) == (f"{path}:2: not UTF-8 text (byte offset 20: invalid continuation byte); "
                                 "save it as UTF-8")
+
+
+def test_every_method_the_config_accepts_is_one_the_allocate_stage_builds():
+    from curvenet_dist.config import METHODS as ACCEPTED
+    from curvenet_dist.methods.registry import METHODS as BUILT
+
+    assert set(ACCEPTED) == set(BUILT)
