@@ -151,6 +151,31 @@ def test_world_size_the_data_cannot_be_sharded_over(tmp_path):
     assert_clean_error(result, "fewer than the world size 2")
 
 
+def test_an_image_only_the_second_rank_reads_is_named_once(tmp_path):
+    """A file that exists but does not decode stops the job mid-epoch on the one rank whose share holds it; that
+    rank's `error:` line is printed, while the first rank waits in the step's collective."""
+    from PIL import Image
+
+    from curvenet_dist.data.sharding import epoch_order, rank_share
+
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    (dataset / "classes.txt").write_text("a\nb\n")
+    rows = [f"{index}.png,{index % 2},{index % 2}" for index in range(8)]
+    for index in range(8):
+        Image.new("RGB", (8, 8), color=(30 * index, 0, 0)).save(dataset / f"{index}.png")
+    (dataset / "train.csv").write_text("path,label,true_label\n" + "\n".join(rows) + "\n")
+    (dataset / "test.csv").write_text("path,label,true_label\n" + "\n".join(rows) + "\n")
+    first_epoch = epoch_order(8, shuffle=True, seed=0, epoch=0)
+    broken = sorted(set(rank_share(first_epoch, 1, 2, 4)) - set(rank_share(first_epoch, 0, 2, 4)))[0]
+    (dataset / f"{broken}.png").write_text("not an image")
+    result = probe(tmp_path / "run", 2, ["data.source=prepared", f"data.path={dataset}", "data.loader=dali",
+                                         "data.batch_size=4", "bias.meta_per_class=0", "bias.imbalance_factor=1",
+                                         "bias.noise_type=none"], check=False)
+    assert_clean_error(result, f"sample {broken} {dataset / f'{broken}.png'}: DALI cannot read or decode it")
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error: ")]) == 1, result.stderr
+
+
 def test_missing_image_and_foreign_store_are_named(tmp_path):
     dataset = tmp_path / "ds"
     dataset.mkdir()

@@ -5,8 +5,8 @@ which runs a stage under torchrun for the project's own drivers (quickstart, ben
 Exit status of a stage's worker process:
   0    done.
   2    bad input (config, data, curve store, checkpoint, run folder): one `error: ...` line naming the file, key or
-       sample, printed by the job's first process only and recorded for torchrun's failure summary, which shows
-       it as the root cause.
+       sample, printed once for the job (see `report_error`) and recorded for torchrun's failure summary, which
+       shows it as the root cause.
   143  stopped by SIGTERM after saving its position: the same command resumes.
 torchrun itself exits 1 whenever a worker fails; `torchrun_stage` turns that back into 2 (with the error line as
 the last line printed) or 143 (with the resume hint as the last line).
@@ -31,6 +31,7 @@ from curvenet_dist.engine.run_folder import check_run_dir, lock_run_folder_for_j
 TRAINERS = {"probe": "curvenet_dist.engine.probe:ProbeTrainer",
             "allocate": "curvenet_dist.engine.allocate:AllocateTrainer"}
 USER_ERROR_EXIT_CODE = 2
+SPEAKER_GRACE_S = 10.0
 
 
 def parse_config(argv: list[str], stage: str) -> Config:
@@ -49,15 +50,21 @@ def error_line(error: BaseException) -> str:
     return f"error: {str(error).strip().splitlines()[-1]}"
 
 
-def report_error(line: str, speak: bool, record: bool) -> None:
-    """Print `line` (if this process speaks for the job) and record it where torchrun's summary reads it."""
-    if speak:
-        print(line, file=sys.stderr, flush=True)
+def report_error(line: str, first: bool) -> None:
+    """Record `line` where torchrun's summary reads it, and print it once for the job.
+
+    The first process prints at once. Any other prints only if it is still running SPEAKER_GRACE_S later: torchrun
+    stops every process when the first one exits, so an error every rank meets is printed once, by the first
+    process, even when another rank met it sooner; an error that is this process's alone is still printed."""
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if record and error_file:
+    if error_file:
         # The layout torch.distributed.elastic's ErrorHandler writes; the summary shows py_callstack.
         message = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}
         Path(error_file).write_text(json.dumps({"message": message}))
+    if not first:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's SIGTERM ends the wait, not a stage's save
+        time.sleep(SPEAKER_GRACE_S)
+    print(line, file=sys.stderr, flush=True)
 
 
 def lost_a_peer(error: RuntimeError) -> bool:
@@ -77,9 +84,7 @@ def run_stage(stage: str, argv: list[str]) -> None:
         config = parse_config(argv, stage)
         check_run_dir(Path(config.run.dir))
     except ConfigError as error:
-        # Every process of the job reads the same command line: the first speaks for all. Every one records it:
-        # torchrun's summary (and `torchrun_stage`) take the first process to exit as the root cause, whichever.
-        report_error(error_line(error), speak=first_process(), record=True)
+        report_error(error_line(error), first=first_process())
         sys.exit(USER_ERROR_EXIT_CODE)
     # Loaded only now: torch, the trainers and MLflow take many seconds to import, a bad key is reported at once.
     from curvenet_dist.engine.distributed import exit_without_finalization
@@ -107,10 +112,7 @@ def run_trainer(stage: str, config: Config) -> int:
         return 0
     except (ConfigError, DataError, CurveStoreError, CheckpointError) as error:
         end_active_run("FAILED")
-        first = context.rank == 0 if context is not None else first_process()
-        # Most errors are the same on every rank, so the first speaks for all; each records its own, since torchrun
-        # takes whichever rank exits first as the root cause (and a DataError may be one rank's alone).
-        report_error(error_line(error), speak=first, record=True)
+        report_error(error_line(error), first=context.rank == 0 if context is not None else first_process())
         return USER_ERROR_EXIT_CODE
     except Preempted:
         end_active_run("KILLED")
