@@ -1,8 +1,10 @@
 """Labelled image lists to a prepared dataset: the generic image folder, and the assembly every preparer shares.
 
 A list file holds one `<relative path> <label> [<true label>]` line per image, its fields separated by
-whitespace or by commas (a path with spaces needs commas), `#` comments allowed. The optional true label
-is what an audit found (-1 or empty: not audited); the noise detection of a run is scored on the audited
+whitespace or by commas (a path with spaces needs commas; a line with commas is read as CSV, so a path that holds
+a comma is written in double quotes), `#` comments allowed. A first line `path,label,true_label` is a header, so a
+prepared dataset's train.csv, and the lists `python -m curvenet_dist.report` exports, are list files. The optional
+true label is what an audit found (-1 or empty: not audited); the noise detection of a run is scored on the audited
 samples. `prepare_image_folder` turns a folder of images and such lists (train, and optionally
 meta, val, test) into a PreparedDataset. The Clothing1M and Food-101N preparers read their official
 layouts into the same `ListedImage` lists and finish through `write_prepared_dataset`, which drops
@@ -12,6 +14,7 @@ and its quirks report.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections import defaultdict
@@ -21,6 +24,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from curvenet_dist.data.sample_table import (
+    COLUMN_TYPES,
     LEAVES_IMAGE_ROOT,
     SPLITS,
     UNKNOWN,
@@ -110,9 +114,10 @@ def numbered_lines(list_file: Path) -> list[tuple[int, str]]:
 
 
 def list_fields(text: str) -> list[str]:
-    """A list line's fields: split at commas if it has any (so paths may hold spaces), else at whitespace."""
+    """A list line's fields: one CSV record if it has a comma (so paths may hold spaces, and quoted, commas), else
+    split at whitespace."""
     if "," in text:
-        return [field.strip() for field in text.split(",")]
+        return [field.strip() for field in next(csv.reader([text], skipinitialspace=True))]
     return text.split()
 
 
@@ -130,6 +135,8 @@ def read_label_list(list_file: Path, num_classes: int | None) -> list[ListedImag
     for line_number, text in numbered_lines(list_file):
         source = f"{list_file}:{line_number}"
         fields = list_fields(text)
+        if line_number == 1 and fields in (["path", "label"], list(COLUMN_TYPES)):
+            continue
         if len(fields) not in (2, 3):
             raise DataError(
                 f"{source}: {len(fields)} field{'s' if len(fields) != 1 else ''} in {text!r}; each line is "

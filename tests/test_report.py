@@ -148,6 +148,25 @@ def test_relabel_replaces_exactly_the_flagged_samples_labels_with_the_prediction
     assert changed == FLAGGED and relabeled.labels[changed].tolist() == PREDICTIONS[changed].tolist()
 
 
+@pytest.mark.parametrize("option, kept", [("--export-clean", [i for i in range(NUM_SAMPLES) if i not in FLAGGED]),
+                                          ("--relabel", list(range(NUM_SAMPLES)))])
+def test_an_exported_list_round_trips_through_data_prep_image_folder(tmp_path, capsys, option, kept):
+    from data_prep.__main__ import main as data_prep_main
+
+    run_dir, _ = allocate_run_folder(tmp_path)
+    out = tmp_path / "list.csv"
+    assert report_main(capsys, run_dir, option, out)[0] == 0
+    exported = SampleTable.read_csv(out, tmp_path / "dataset", 3)
+    assert data_prep_main(["image-folder", "--images", str(tmp_path / "dataset"), "--train-list", str(out),
+                           "--out", str(tmp_path / "prepared")]) == 0
+    prepared = PreparedDataset.read(tmp_path / "prepared").splits["train"]
+    train = PreparedDataset.read(tmp_path / "dataset").splits["train"]
+    assert prepared.paths == exported.paths == [train.paths[i] for i in kept]
+    assert ("images/3, copy.png" in prepared.paths) == (3 in kept), "a path holding a comma and a space survives"
+    assert prepared.labels.tolist() == exported.labels.tolist()
+    assert prepared.true_labels.tolist() == exported.true_labels.tolist() == TRUE_LABELS[kept].tolist()
+
+
 def test_export_clean_of_a_digits_run_lists_the_image_paths_the_run_used(tmp_path, capsys):
     config = load_config(None, ["data.source=digits", "data.image_size=8"])
     train = load_source(config.data).splits["train"].select(np.arange(30))
