@@ -60,7 +60,11 @@ def report_error(line: str, first: bool) -> None:
     if error_file:
         # The layout torch.distributed.elastic's ErrorHandler writes; the summary shows py_callstack.
         message = {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}
-        Path(error_file).write_text(json.dumps({"message": message}))
+        # Written whole or not at all: torchrun stops this process at any moment once another has exited, and it
+        # reads every failed process's file as JSON; a half-written one crashes its summary.
+        partial = Path(f"{error_file}.partial")
+        partial.write_text(json.dumps({"message": message}))
+        os.replace(partial, error_file)
     if not first:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's SIGTERM ends the wait, not a stage's save
         time.sleep(SPEAKER_GRACE_S)
