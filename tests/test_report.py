@@ -51,7 +51,7 @@ def allocate_run_folder(tmp_path):
         run_dir / "config.yaml")
     weights = np.linspace(0.9, 0.1, NUM_SAMPLES).astype(np.float32)
     report = write_allocate_report(run_dir, Splits(CLASSES, table, table.select([]), None, table), weights,
-                                   PREDICTIONS, LOSSES, PREDICTIONS, ranks_samples=True)
+                                   PREDICTIONS, LOSSES, None, PREDICTIONS, ranks_samples=True)
     return run_dir, report
 
 
@@ -177,7 +177,7 @@ def test_export_clean_of_a_digits_run_lists_the_image_paths_the_run_used(tmp_pat
     losses = np.linspace(3.0, 0.1, 30)
     names = [str(c) for c in range(10)]
     write_allocate_report(run_dir, Splits(names, train, train.select([]), None, train), np.ones(30), predictions,
-                          losses, predictions, ranks_samples=False)
+                          losses, None, predictions, ranks_samples=False)
     out = tmp_path / "clean.csv"
     status, line, _ = report_main(capsys, run_dir, "--export-clean", out)
     assert status == 0 and line.endswith(f"paths relative to {train.image_root}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from curvenet_dist.tracking.suspects import flag_wrong_labels, flagged_scores, suspect_scores
 
@@ -43,9 +44,22 @@ def test_the_wrong_label_count_of_each_class_is_near_the_truth_with_a_70_percent
         assert flagged_scores(flagged, given != true)["flagged_f1"] > 0.8
 
 
-def test_the_suspect_score_is_one_minus_the_given_labels_probability():
+def test_the_suspect_score_is_one_minus_the_given_labels_probability_without_probe_margins():
     losses = np.array([0.0, np.log(2), np.log(4)])
-    np.testing.assert_allclose(suspect_scores(losses), [0.0, 0.5, 0.75])
+    np.testing.assert_allclose(suspect_scores(losses, None), [0.0, 0.5, 0.75])
+
+
+def test_with_probe_margins_the_order_ranks_the_wrong_labels_better_than_either_signal():
+    # Each signal misses a different part of the wrong labels: the final classifier has fitted some of them, the
+    # probe learned others early. A low margin is suspect, as a high loss is.
+    rng = np.random.default_rng(0)
+    wrong = rng.random(2000) < 0.3
+    losses = np.where(wrong, 2.0, 0.3) * rng.lognormal(0, 1.5, wrong.size)
+    margins = np.where(wrong, -1.0, 1.0) + rng.normal(0, 1.5, wrong.size)
+    combined = roc_auc_score(wrong, suspect_scores(losses, margins))
+    assert combined > roc_auc_score(wrong, suspect_scores(losses, None)) + 0.05
+    assert combined > roc_auc_score(wrong, -margins) + 0.05
+    np.testing.assert_allclose(suspect_scores(np.array([0.1, 0.2, 0.3]), np.array([0.0, -1.0, -2.0])), [1/3, 2/3, 1])
 
 
 def test_a_sample_is_flagged_only_below_its_class_mean_and_when_another_class_is_predicted():

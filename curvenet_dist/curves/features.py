@@ -109,6 +109,11 @@ def mean_margin(store: CurveStore) -> np.ndarray:
     return mean_over_complete_epochs(store, "margin")
 
 
+def probe_margins(store: CurveStore) -> np.ndarray | None:
+    """`mean_margin`, where the store holds margins of at least one complete epoch."""
+    return mean_margin(store) if store.margin is not None and len(store.complete_epochs()) else None
+
+
 def mean_over_complete_epochs(store: CurveStore, array: str) -> np.ndarray:
     epochs = store.complete_epochs()
     total = np.zeros(store.num_samples)

@@ -10,6 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from curvenet_dist.config import Config, ConfigError
+from curvenet_dist.curves.features import probe_margins
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from curvenet_dist.data.datasets import build_splits
 from curvenet_dist.data.loader import build_loader
@@ -79,7 +80,7 @@ class AllocateTrainer:
         check_images_exist(train, "train", context)
         check_images_exist(self.splits.test, "test", context)
         self.probe_dir = Path(config.allocate.probe_dir) if config.allocate.probe_dir else None
-        store = self._probe_store(METHODS[config.method].needs_probe)
+        self.probe_store = store = self._probe_store(METHODS[config.method].needs_probe)
         # Where true labels are known (synthetic noise, audited samples), each epoch logs the mean weight of clean and
         # of mislabeled samples: how the weights separate over epochs. Group 0 clean, 1 mislabeled, 2 unknown.
         true_labels = train.true_labels
@@ -216,8 +217,9 @@ class AllocateTrainer:
                   **summary}
         if not context.is_main:
             return result
+        margins = probe_margins(self.probe_store) if self.probe_store is not None else None
         result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions, train_losses,
-                                            self.test_predictions, self.method.ranks_samples))
+                                            margins, self.test_predictions, self.method.ranks_samples))
         publish_model(self.run_dir, self.model, config, self.splits.class_names, "allocate", tracker)
         write_json(self.run_dir / "metrics.json", result)
         for name in ARTIFACTS:

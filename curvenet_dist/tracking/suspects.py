@@ -1,13 +1,15 @@
-"""Which training labels look wrong, and how many in each class, from the final classifier's loss on each sample.
+"""Which training labels look wrong, and how many in each class.
 
-A sample's suspect score is 1 - p(given label | x). The count of wrong labels per given class follows confident
-learning (Northcutt et al., 2021): with t_c the mean of p(c|x) over the samples labelled c, a sample labelled c
-counts as wrong when p(c|x) < t_c and the classifier predicts another class.
+The order: the final classifier's 1 - p(given label | x) and, where the probe recorded logit margins, the probe's
+AUM (Pleiss et al. 2020), each turned into a rank fraction and averaged (DESIGN §8). The count of wrong labels per
+given class follows confident learning (Northcutt et al., 2021): with t_c the mean of p(c|x) over the samples
+labelled c, a sample labelled c counts as wrong when p(c|x) < t_c and the classifier predicts another class.
 Flagged are exactly the samples counted: that measured a higher F1 than flagging each class's count by score.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import precision_recall_fscore_support
 
 
@@ -16,10 +18,17 @@ def given_label_probability(losses: np.ndarray) -> np.ndarray:
     return np.exp(-losses.astype(np.float64))
 
 
-def suspect_scores(losses: np.ndarray) -> np.ndarray:
-    """1 - p(given label | x): higher = more likely mislabeled. On runs with known true labels it ranked the
-    mislabeled samples above the clean ones better than the class-relative weight did."""
-    return 1.0 - given_label_probability(losses)
+def suspect_scores(losses: np.ndarray, probe_margins: np.ndarray | None) -> np.ndarray:
+    """Higher = more likely mislabeled: 1 - p(given label | x) under the final classifier, or, with each sample's
+    mean probe margin, the mean of the two signals' rank fractions, in (0, 1].
+
+    The two err on different samples: the final classifier, trained with the noisy samples down-weighted, is
+    close to out-of-sample on them but has fitted some; the probe's margins show which labels the network only
+    learned late, whatever the final fit."""
+    unlikely = 1.0 - given_label_probability(losses)
+    if probe_margins is None:
+        return unlikely
+    return (rankdata(unlikely) + rankdata(-probe_margins)) / (2 * len(losses))
 
 
 def class_thresholds(p_given: np.ndarray, labels: np.ndarray) -> np.ndarray:
