@@ -56,10 +56,15 @@ def test_a_reused_probe_and_an_allocate_run_are_scored_on_the_same_samples(tiny_
     # The allocate run's suspects.csv, most suspect first, against the true labels the probe's store holds.
     store = CurveStore.open(probe_dir / "curves.zarr", mode="r")
     with open(allocate_dir / "suspects.csv", newline="") as file:
-        order = [int(row["sample_id"]) for row in csv.DictReader(file)]
+        rows = list(csv.DictReader(file))
+    order = [int(row["sample_id"]) for row in rows]
     mislabeled = (store.labels != store.true_labels)[order]
     expected = roc_auc_score(mislabeled, -np.arange(len(order)))
     assert again["curvenet_auroc_mean"] == pytest.approx(expected) and 0 < again["curvenet_ap_mean"] <= 1
+    # Its flagged set, the `flagged` column, scored as find_label_issues' is.
+    flagged = np.array([row["flagged"] == "true" for row in rows])
+    assert again["curvenet_flagged_mean"] == flagged.sum()
+    assert again["curvenet_recall_mean"] == pytest.approx((flagged & mislabeled).sum() / mislabeled.sum())
 
 
 def test_a_store_recorded_before_margins_is_named_in_one_line(tiny_run, tmp_path):

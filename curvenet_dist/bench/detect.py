@@ -7,11 +7,12 @@ suspect). cleanlab scores the same samples from K-fold out-of-sample predicted p
 optimizer and LR schedule, trained in this one process on K-1 folds (each step on the probe's batch summed over its
 ranks, as many samples as a probe step) and predicting the held-out fold: `get_label_quality_scores`
 (self_confidence, with and without `adjust_pred_probs`) and `find_label_issues`. Each --allocate-dir adds that
-allocate run's suspect order: the rank of each sample in its suspects.csv (the most suspect first).
+allocate run's suspect order (the rank of each sample in its suspects.csv, the most suspect first) and its flagged
+set (the `flagged` column).
 
 Figures per detector, against the true labels (mislabeled = positive): AUROC and AP of its score; for
-find_label_issues the precision, recall and F1 of the samples it flags (its AUROC and AP are those of the 0/1
-flag); and the wall time of everything the score needs: the probe run's (its metrics.json wall_s) and the reading
+find_label_issues and the allocate runs the precision, recall and F1 of the samples they flag (find_label_issues'
+AUROC and AP are those of its 0/1 flag); and the wall time of everything the score needs: the probe run's (its metrics.json wall_s) and the reading
 for the store's scores, the fold trainings and the call for cleanlab's, the allocate run's and, where it read a
 probe, this seed's probe run's for an allocate run's. The JSON line holds each as its mean and std over seeds.
 """
@@ -269,19 +270,23 @@ def allocate_detector(folder: Path, store: CurveStore, truth: Truth, probe_s: fl
                           f"runs with the probe's data and bias settings")
     metrics = json.loads((folder / "metrics.json").read_text())
     before_s = metrics["wall_s"] + (probe_s if config.allocate.probe_dir else 0.0)
-    return metrics["method"], timed_score(lambda: suspicion_by_rank(folder / SUSPECTS_CSV, len(train)), truth,
-                                          before_s)
+    suspicion, flagged = suspects_by_id(folder / SUSPECTS_CSV, len(train))
+    figures = timed_score(lambda: suspicion, truth, before_s)
+    return metrics["method"], {**figures, **{key: value for key, value in flag_figures(flagged, truth).items()
+                                             if key not in figures}}
 
 
-def suspicion_by_rank(path: Path, num_samples: int) -> np.ndarray:
-    """Each training sample's suspicion from its rank in suspects.csv: minus the rank, so rank 1 scores highest."""
+def suspects_by_id(path: Path, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each training sample's suspicion from its rank in suspects.csv (minus the rank, so rank 1 scores highest)
+    and its `flagged` column, by sample id."""
     table = read_suspects_table(path)
     ids, ranks = table.column("sample_id").to_numpy(), table.column("rank").to_numpy()
     if len(ids) != num_samples or not np.array_equal(np.sort(ids), np.arange(num_samples)):
         raise DetectError(f"{path} does not list each of the {num_samples} training samples once")
-    suspicion = np.empty(num_samples)
+    suspicion, flagged = np.empty(num_samples), np.empty(num_samples, bool)
     suspicion[ids] = -ranks
-    return suspicion
+    flagged[ids] = table.column("flagged").to_numpy(zero_copy_only=False)
+    return suspicion, flagged
 
 
 def summarize(runs: list[dict[str, dict[str, float]]]) -> dict[str, float]:
