@@ -12,9 +12,9 @@ set (the `flagged` column).
 
 Figures per detector, against the true labels (mislabeled = positive): AUROC and AP of its score; for
 find_label_issues and the allocate runs the precision, recall and F1 of the samples they flag (find_label_issues'
-AUROC and AP are those of its 0/1 flag); and the wall time of everything the score needs: the probe run's (its metrics.json wall_s) and the reading
-for the store's scores, the fold trainings and the call for cleanlab's, the allocate run's and, where it read a
-probe, this seed's probe run's for an allocate run's. The JSON line holds each as its mean and std over seeds.
+AUROC and AP are those of its 0/1 flag); and the wall time of everything the score needs: the probe run's (its
+metrics.json wall_s) and the reading for the store's scores, the fold trainings and the call for cleanlab's, the
+allocate run's and, where it read a probe, this seed's probe run's for an allocate run's. The JSON line holds each as its mean and std over seeds.
 """
 from __future__ import annotations
 
