@@ -3,8 +3,10 @@
 The order: the final classifier's 1 - p(given label | x) and, where the probe recorded logit margins, the probe's
 AUM (Pleiss et al. 2020), each turned into a rank fraction and averaged (DESIGN §8). The count of wrong labels per
 given class follows confident learning (Northcutt et al., 2021): with t_c the mean of p(c|x) over the samples
-labelled c, a sample labelled c counts as wrong when p(c|x) < t_c and the classifier predicts another class.
-Flagged are exactly the samples counted: that measured a higher F1 than flagging each class's count by score.
+labelled c, a sample labelled c counts as wrong when p(c|x) < t_c and the classifier predicts another class, and,
+where the probe recorded margins, its AUM is below 0 (over the probe's epochs its given label's logit was on
+average below another class's). Flagged are exactly the samples counted: that measured a higher F1 than flagging
+each class's count by score.
 """
 from __future__ import annotations
 
@@ -38,10 +40,14 @@ def class_thresholds(p_given: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
 
 
-def flag_wrong_labels(losses: np.ndarray, labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-    """The samples whose given label looks wrong: p(given|x) below their class's t_c, and another class predicted."""
+def flag_wrong_labels(losses: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                      probe_margins: np.ndarray | None) -> np.ndarray:
+    """The samples whose given label looks wrong: p(given|x) below their class's t_c, another class predicted and,
+    with the probe's mean margins, a negative one. The final classifier alone over-counts the clean samples it has
+    not learned; the probe, which fitted them, disagrees on those (DESIGN §8)."""
     p_given = given_label_probability(losses)
-    return (p_given < class_thresholds(p_given, labels)[labels]) & (predictions != labels)
+    flagged = (p_given < class_thresholds(p_given, labels)[labels]) & (predictions != labels)
+    return flagged if probe_margins is None else flagged & (probe_margins < 0)
 
 
 def flagged_scores(flagged: np.ndarray, mislabeled: np.ndarray) -> dict[str, float]:
