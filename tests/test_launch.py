@@ -31,6 +31,16 @@ def test_a_config_error_is_one_line_once_and_torchruns_summary_carries_it(tmp_pa
     assert "curvenet_dist/" not in result.stderr
 
 
+@pytest.mark.parametrize("how", ["closed", "reset"])
+def test_a_collective_broken_by_a_stopped_peer_is_told_apart_from_a_bug(how):
+    # gloo's words when the other process is gone: this process then leaves the root cause to that one's error line.
+    from curvenet_dist.engine.launch import lost_a_peer
+
+    assert lost_a_peer(RuntimeError(f"[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:1463: Connection {how} "
+                                    f"by peer. This is typically caused by a remote worker hanging"))
+    assert not lost_a_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
 def quickstart(tmp_path, *overrides, **kwargs):
     return subprocess.run([sys.executable, str(REPO / "launch" / "quickstart.py"), "--run-dir", str(tmp_path / "qs"),
                            *overrides], cwd=REPO, capture_output=True, text=True, timeout=600, **kwargs)

@@ -75,7 +75,9 @@ def lost_a_peer(error: RuntimeError) -> bool:
     """Whether a collective failed because another process of the job is gone (gloo's and NCCL's errors)."""
     import torch.distributed as dist
 
-    return isinstance(error, dist.DistBackendError) or "Connection closed by peer" in str(error)
+    # gloo says "closed" when the peer's socket shut down cleanly, "reset" when its process was gone first.
+    return isinstance(error, dist.DistBackendError) or any(
+        f"Connection {how} by peer" in str(error) for how in ("closed", "reset"))
 
 
 def first_process() -> bool:
