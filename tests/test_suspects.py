@@ -51,7 +51,7 @@ def test_the_suspect_score_is_one_minus_the_given_labels_probability_without_pro
 
 def test_with_probe_margins_the_order_ranks_the_wrong_labels_better_than_either_signal():
     # Each signal misses a different part of the wrong labels: the final classifier has fitted some of them, the
-    # probe learned others early. A low margin is suspect, as a high loss is.
+    # probe's margins miss others. A low margin is suspect, as a high loss is.
     rng = np.random.default_rng(0)
     wrong = rng.random(2000) < 0.3
     losses = np.where(wrong, 2.0, 0.3) * rng.lognormal(0, 1.5, wrong.size)

@@ -14,7 +14,8 @@ Figures per detector, against the true labels (mislabeled = positive): AUROC and
 find_label_issues and the allocate runs the precision, recall and F1 of the samples they flag (find_label_issues'
 AUROC and AP are those of its 0/1 flag); and the wall time of everything the score needs: the probe run's (its
 metrics.json wall_s) and the reading for the store's scores, the fold trainings and the call for cleanlab's, the
-allocate run's and, where it read a probe, this seed's probe run's for an allocate run's. The JSON line holds each as its mean and std over seeds.
+allocate run's and, where it read a probe, this seed's probe run's for an allocate run's. The JSON line holds each
+as its mean and std over seeds.
 """
 from __future__ import annotations
 
@@ -195,10 +196,15 @@ def cleanlab_detectors(config: Config, splits: Splits, probe_world_size: int, fo
 
 
 def flag_figures(flagged: np.ndarray, truth: Truth) -> dict[str, float]:
-    """Precision, recall and F1 of the flagged samples, how many there are, and the AUROC and AP of the flag."""
+    """`flagged_set_figures` and the AUROC and AP of the 0/1 flag."""
+    return {**detection_figures(flagged.astype(np.float64), truth), **flagged_set_figures(flagged, truth)}
+
+
+def flagged_set_figures(flagged: np.ndarray, truth: Truth) -> dict[str, float]:
+    """Precision, recall and F1 of the flagged samples, and how many there are."""
     scores = flagged_scores(flagged[truth.known], truth.mislabeled)
-    return {**detection_figures(flagged.astype(np.float64), truth), "precision": scores["flagged_precision"],
-            "recall": scores["flagged_recall"], "f1": scores["flagged_f1"], "flagged": int(flagged.sum())}
+    return {"precision": scores["flagged_precision"], "recall": scores["flagged_recall"], "f1": scores["flagged_f1"],
+            "flagged": int(flagged.sum())}
 
 
 def out_of_sample_probabilities(config: Config, splits: Splits, probe_world_size: int, folds: int) -> np.ndarray:
@@ -271,9 +277,8 @@ def allocate_detector(folder: Path, store: CurveStore, truth: Truth, probe_s: fl
     metrics = json.loads((folder / "metrics.json").read_text())
     before_s = metrics["wall_s"] + (probe_s if config.allocate.probe_dir else 0.0)
     suspicion, flagged = suspects_by_id(folder / SUSPECTS_CSV, len(train))
-    figures = timed_score(lambda: suspicion, truth, before_s)
-    return metrics["method"], {**figures, **{key: value for key, value in flag_figures(flagged, truth).items()
-                                             if key not in figures}}
+    return metrics["method"], {**timed_score(lambda: suspicion, truth, before_s),
+                               **flagged_set_figures(flagged, truth)}
 
 
 def suspects_by_id(path: Path, num_samples: int) -> tuple[np.ndarray, np.ndarray]:

@@ -109,9 +109,11 @@ def mean_margin(store: CurveStore) -> np.ndarray:
     return mean_over_complete_epochs(store, "margin")
 
 
-def probe_margins(store: CurveStore) -> np.ndarray | None:
-    """`mean_margin`, where the store holds margins of at least one complete epoch."""
-    return mean_margin(store) if store.margin is not None and len(store.complete_epochs()) else None
+def probe_margins(store: CurveStore | None) -> np.ndarray | None:
+    """`mean_margin`, where there is a store and it holds margins of at least one complete epoch."""
+    if store is None or store.margin is None or not len(store.complete_epochs()):
+        return None
+    return mean_margin(store)
 
 
 def mean_over_complete_epochs(store: CurveStore, array: str) -> np.ndarray:

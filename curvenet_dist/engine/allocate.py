@@ -217,9 +217,9 @@ class AllocateTrainer:
                   **summary}
         if not context.is_main:
             return result
-        margins = probe_margins(self.probe_store) if self.probe_store is not None else None
         result.update(write_allocate_report(self.run_dir, self.splits, weights, train_predictions, train_losses,
-                                            margins, self.test_predictions, self.method.ranks_samples))
+                                            probe_margins(self.probe_store), self.test_predictions,
+                                            self.method.ranks_samples))
         publish_model(self.run_dir, self.model, config, self.splits.class_names, "allocate", tracker)
         write_json(self.run_dir / "metrics.json", result)
         for name in ARTIFACTS:

@@ -178,13 +178,13 @@ def write_allocate_report(run_dir: Path, splits: Splits, weights: np.ndarray, tr
                           ranks_samples: bool) -> dict[str, float]:
     """weights.npy, suspects.csv (ordered by `suspect_scores`), suspects.png (logged to the process's MLflow run)
     and the figures; returns the flagged count with, where true labels are known, the flagged set's precision,
-    recall and F1 and the weights' noise-detection scores (on the training samples whose true label is known: all of them under synthetic noise,
-    the audited ones of a prepared dataset; `noise_scored_samples` says how many)."""
+    recall and F1 and the weights' noise-detection scores (on the training samples whose true label is known: all
+    of them under synthetic noise, the audited ones of a prepared dataset; `noise_scored_samples` says how many)."""
     train = splits.train
     np.save(run_dir / "weights.npy", weights.astype(np.float32))
     flagged = flag_wrong_labels(train_losses, train.labels, train_predictions, probe_margins)
-    top = write_suspects(run_dir / SUSPECTS_CSV, splits, weights, train_predictions, suspect_scores(train_losses, probe_margins),
-                         flagged)
+    top = write_suspects(run_dir / SUSPECTS_CSV, splits, weights, train_predictions,
+                         suspect_scores(train_losses, probe_margins), flagged)
     log_to_active_run(draw_suspects(top, train.image_root, run_dir / SUSPECTS_FIGURE))
     plot_confusion_matrix(splits.test.labels, test_predictions, splits.class_names, run_dir / "confusion_matrix.png")
     report = wrong_labels_report(flagged, train)
