@@ -123,3 +123,38 @@ def test_hierarchical_sample_is_balanced_low_loss_and_seeded():
 def test_bad_dynamic_loss_config_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["method=dynamic_loss", *overrides])
+
+
+def test_each_epoch_ranks_samples_by_the_losses_of_the_last_epochs_training(tmp_path):
+    """No evaluation pass after the first epoch: the ranks and y_pred of epoch e + 1 are what epoch e's training
+    steps saw; a sample held out as that epoch's meta sample keeps its earlier loss."""
+    from curvenet_dist.engine.allocate import AllocateTrainer
+    from curvenet_dist.engine.distributed import DistributedContext
+    from tests.conftest import QUICKSTART, TINY
+
+    config = load_config(QUICKSTART, [*TINY, f"run.dir={tmp_path}", "method=dynamic_loss", "allocate.epochs=2",
+                                      "allocate.milestones=[2]", "dynamic_loss.warmup_epochs=1",
+                                      "dynamic_loss.buckets=10", "meta.batch_size=20"])
+    trainer = AllocateTrainer(config, DistributedContext(0, 0, 1, torch.device("cpu")))
+    method, step = trainer.method, trainer.iteration.step
+    step_losses = []
+
+    def recording_step(*args, **kwargs):
+        result = step(*args, **kwargs)
+        step_losses.append(result.losses)
+        return result
+
+    trainer.iteration.step = recording_step
+    trainer.train_epoch(0, 0, 0.0)
+    # The warm-up epoch trained every sample once: each one's loss is now the one its step computed.
+    warm_losses = torch.cat(step_losses)
+    assert sorted(method.sample_losses.tolist()) == pytest.approx(sorted(warm_losses.tolist()))
+    before = method.sample_losses.clone()
+    plan = method.start_epoch(1, 0)
+    trained = plan.sample_ids
+    trainer.train_epoch(1, 0, 0.0)
+    held_out = np.setdiff1d(np.arange(len(before)), trained.numpy())
+    assert len(held_out) > 0
+    torch.testing.assert_close(method.sample_losses[held_out], before[held_out])
+    assert (method.sample_losses[trained] != before[trained]).float().mean() > 0.9
+    assert ((method.predicted >= 0) & (method.predicted < 10)).all()

@@ -69,7 +69,7 @@ def test_killed_dynamic_loss_run_resumes_and_finishes(tmp_path):
     longer = ["allocate.epochs=4", "allocate.milestones=[4]", "dynamic_loss.warmup_corrector_steps=2000"]
     checkpoint = kill_allocate_after_epoch(["--config", str(QUICKSTART), f"run.dir={run_dir}", *DYNAMIC, *longer],
                                            run_dir)
-    assert {"weighting_net", "weighting_optimizer", "eval_losses", "predicted"} <= checkpoint.keys()
+    assert {"weighting_net", "weighting_optimizer", "sample_losses", "predicted"} <= checkpoint.keys()
     assert checkpoint["weighting_optimizer"]["state"], "the corrector's Adam state is checkpointed"
     result = allocate(run_dir, 2, longer)
     resumed = re.search(r"resuming at epoch (\d+)", result.stdout)

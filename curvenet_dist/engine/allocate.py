@@ -185,6 +185,7 @@ class AllocateTrainer:
                 result = self.iteration.step(images, labels, inputs, meta_batch, fixed_weights=(
                     None if plan.fixed_weights is None else plan.fixed_weights[ids]))
             totals.add(result, None if self.audit_group is None else self.audit_group[ids])
+            self.method.after_step(ids, result)
             self.progress.step(batch, totals.samples)
             # After the last batch the next epoch's start asks instead, once this epoch is evaluated and saved: a
             # run resumed after an epoch's last batch would log no training metrics for that epoch.

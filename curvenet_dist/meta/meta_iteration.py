@@ -35,6 +35,8 @@ VIRTUAL_RULES = ("optimizer", "sgd")
 class IterationResult:
     losses: torch.Tensor
     """Per-sample cross-entropy of the train batch [B], detached."""
+    logits: torch.Tensor
+    """The train batch's logits [B, C], detached."""
     weights: torch.Tensor
     """Per-sample weights [B] used by the actual step (from the updated weighting net; Dynamic Loss: the trust
     weight w)."""
@@ -162,7 +164,7 @@ class MetaIteration:
             self.gradient_mean.finish()
         all_reduce_mean_(self.running_statistics)
         self.classifier_optimizer.step()
-        return IterationResult(losses=losses.detach(), weights=weights, meta_loss=meta_loss,
+        return IterationResult(losses=losses.detach(), logits=logits.detach(), weights=weights, meta_loss=meta_loss,
                                meta_gradient_norm=meta_gradient_norm)
 
     def _update_weighting_net(

@@ -13,6 +13,7 @@ from curvenet_dist.config import Config
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.datasets import Splits
 from curvenet_dist.engine.distributed import DistributedContext
+from curvenet_dist.meta.meta_iteration import IterationResult
 from curvenet_dist.models.staged import StagedNet
 
 TrainingLoss = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -96,6 +97,9 @@ class Method:
     def before_step(self, epoch: int, batch: int, labels: torch.Tensor, inputs: torch.Tensor | None,
                     ids: torch.Tensor) -> None:
         """Work of the method's own before each classifier step."""
+
+    def after_step(self, ids: torch.Tensor, result: IterationResult) -> None:
+        """Take note of a classifier step's outcome for the samples `ids` (their losses and logits)."""
 
     def end_epoch(self, train_metrics: dict[str, float]) -> None:
         """Take note of an epoch's training metrics."""

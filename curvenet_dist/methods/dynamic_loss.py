@@ -1,13 +1,16 @@
 """Dynamic Loss (DESIGN.md §6): a label corrector and a margin generator, meta-learned each epoch on a hierarchical
 sample of the training set (plus, with dynamic_loss.clean_meta, the clean meta set), which that epoch trains
-without. Samples are ranked by their loss in one evaluation pass at each epoch's start: no probe is needed."""
+without. Samples are ranked by their loss in the last epoch's training pass, which also draws each sample's y_pred
+from its logits there: no probe and no extra pass is needed."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from curvenet_dist.curves.gather import all_gather_concat
 from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.evaluate import losses_and_samples
+from curvenet_dist.meta.meta_iteration import IterationResult
 from curvenet_dist.meta.distributed import all_reduce_mean_
 from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, union
 from curvenet_dist.meta.meta_batches import MetaBatches
@@ -27,9 +30,12 @@ class DynamicLossMethod(MetaLearnedMethod):
         torch.manual_seed(config.run.seed)
         self._adopt(DynamicLoss(setup.splits.num_classes, settings.buckets, settings.hidden))
         self.loss = DynamicLossTraining(self.weighting_net)
-        # The epoch's evaluation pass (each sample's loss and sampled prediction), kept for a resumed epoch, and
-        # where a resumed epoch left its meta batches.
-        self.eval_losses = self.predicted = self.resumed_meta_position = None
+        # Each sample's loss and sampled prediction as the epoch started (kept for a resumed epoch, so that it
+        # trains on the same split), this epoch's recordings of them, and where a resumed epoch left its meta
+        # batches.
+        self.sample_losses = self.predicted = self.resumed_meta_position = None
+        self.recorded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.sampler = torch.Generator(setup.device)
         self.warm = False
 
     def training_loss(self) -> TrainingLoss:
@@ -41,7 +47,8 @@ class DynamicLossMethod(MetaLearnedMethod):
         frozen = self._freeze_if_due(epoch)
         self.warm = epoch < self.settings.warmup_epochs and not frozen
         self.meta_learning = not (self.warm or frozen)
-        losses = self._evaluate_losses(epoch, start_batch)
+        self.sampler.manual_seed(hash((self.setup.config.run.seed, epoch, self.setup.context.rank)) % 2**32)
+        losses = self._sample_losses(epoch)
         inputs = self._rank_inputs(losses)
         ones = torch.ones(len(self.setup.splits.train), device=self.setup.device) if self.warm else None
         if not self.meta_learning:
@@ -51,18 +58,16 @@ class DynamicLossMethod(MetaLearnedMethod):
                               **self.setup.loader_arguments)
         return EpochPlan(loader, inputs=inputs, sample_ids=torch.from_numpy(train_rows))
 
-    def _evaluate_losses(self, epoch: int, start_batch: int) -> np.ndarray:
-        """Every sample's loss (and sampled prediction, kept in `predicted`) from one evaluation pass; a run
-        resumed inside an epoch reuses that epoch's pass, so it trains on the same split as before."""
-        setup, train = self.setup, self.setup.splits.train
-        if self.eval_losses is None or start_batch == 0:
-            seed = hash((setup.config.run.seed, epoch, setup.context.rank)) % 2**32
-            generator = torch.Generator(setup.device).manual_seed(seed)
-            losses, samples = losses_and_samples(setup.model, setup.train_eval_loader, setup.device, len(train),
-                                                 setup.autocast, generator)
-            self.eval_losses = torch.from_numpy(losses).to(setup.device)
+    def _sample_losses(self, epoch: int) -> np.ndarray:
+        """Every sample's loss as the epoch starts. The first epoch, with nothing recorded yet, takes one evaluation
+        pass (which draws the predictions too); every later one reads what the last epoch's training recorded."""
+        setup = self.setup
+        if self.sample_losses is None:
+            losses, samples = losses_and_samples(setup.model, setup.train_eval_loader, setup.device,
+                                                 len(setup.splits.train), setup.autocast, self.sampler)
+            self.sample_losses = torch.from_numpy(losses).to(setup.device)
             self.predicted = torch.from_numpy(samples).to(setup.device)
-        return self.eval_losses.cpu().numpy()
+        return self.sample_losses.cpu().numpy()
 
     def _rank_inputs(self, losses: np.ndarray) -> torch.Tensor:
         """Every sample's (loss-rank bucket within its class, sampled prediction)."""
@@ -89,10 +94,25 @@ class DynamicLossMethod(MetaLearnedMethod):
         if not self.warm or steps_before >= self.settings.warmup_corrector_steps:
             return
         self.weighting_optimizer.zero_grad(set_to_none=True)
-        warmup_corrector_loss(self.weighting_net, inputs[:, 0], labels, torch.exp(-self.eval_losses[ids])).backward()
+        warmup_corrector_loss(self.weighting_net, inputs[:, 0], labels, torch.exp(-self.sample_losses[ids])).backward()
         parameters = [param for param in self.weighting_net.parameters() if param.grad is not None]
         all_reduce_mean_([param.grad for param in parameters])
         self.weighting_optimizer.step()
+
+    def after_step(self, ids: torch.Tensor, result: IterationResult) -> None:
+        # As the reference draws y_pred from each step's logits; here it is kept for the sample's next epoch.
+        predicted = torch.multinomial(result.logits.float().softmax(1), 1, generator=self.sampler).squeeze(1)
+        self.recorded.append((ids, result.losses.float(), predicted))
+
+    def end_epoch(self, train_metrics: dict[str, float]) -> None:
+        """The epoch's recordings from every rank replace those samples' losses and predictions; a sample it did
+        not train on (its meta sample) keeps its earlier ones."""
+        super().end_epoch(train_metrics)
+        if not self.recorded:
+            return
+        ids, losses, predicted = (all_gather_concat(torch.cat(parts)) for parts in zip(*self.recorded))
+        self.recorded = []
+        self.sample_losses[ids], self.predicted[ids] = losses, predicted
 
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
         """The trust weight w of each sample's rank bucket under the final classifier's losses."""
@@ -119,12 +139,14 @@ class DynamicLossMethod(MetaLearnedMethod):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        if self.eval_losses is not None:
-            state["eval_losses"], state["predicted"] = self.eval_losses, self.predicted
+        if self.sample_losses is not None:
+            state["sample_losses"], state["predicted"] = self.sample_losses, self.predicted
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.resumed_meta_position = state["meta_batches"]
-        if "eval_losses" in state:
-            self.eval_losses, self.predicted = state["eval_losses"], state["predicted"]
+        # A checkpoint from before the losses were recorded in training holds the same thing as "eval_losses".
+        losses = state.get("sample_losses", state.get("eval_losses"))
+        if losses is not None:
+            self.sample_losses, self.predicted = losses, state["predicted"]
