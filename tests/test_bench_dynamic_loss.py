@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 def test_the_dynamic_loss_benchmark_prints_every_epoch_ratio():
     completed = subprocess.run([sys.executable, "-m", "curvenet_dist.bench", "dynamic_loss", "--batch-size", "8",
-                                "--meta-batch-size", "8", "--eval-batch-size", "16", "--rounds", "1", "--warmup", "0"],
+                                "--meta-batch-size", "8", "--rounds", "1", "--warmup", "0"],
                                cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     figures = json.loads(completed.stdout.strip().splitlines()[-1])

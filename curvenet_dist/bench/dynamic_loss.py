@@ -1,10 +1,10 @@
 """The `dynamic_loss` benchmark: the cost of a Dynamic Loss epoch against a plain CE epoch.
 
-A Dynamic Loss epoch is N/B allocate iterations (virtual step, meta step, actual step with corrected targets and
-margins) plus one evaluation pass over the N training samples (ranks and sampled predictions). Both parts are
-timed per batch on the same model and random data, rotating the order round by round and taking medians as the
-`slmo` benchmark does, and combined into the epoch ratio
-    (N/B * iteration + N/E * eval batch) / (N/B * plain step), E the eval batch size,
+A Dynamic Loss epoch is N/B allocate iterations: virtual step, meta step, actual step with corrected targets and
+margins, and the draw of each sample's next y_pred from the step's logits (its ranks come from the same step's
+losses, so there is no pass of its own). Each kind of step is timed on the same model and random data, rotating
+the order round by round and taking medians as the `slmo` benchmark does, and combined into the epoch ratio
+    (iteration with a meta step + (k - 1) * iteration without) / k / plain step, k the meta interval,
 for each skip_layers and for a meta step every iteration and every second one (`dynamic_loss.meta_interval`;
 the defaults, `dynamic_loss.skip_layers` 3 and `meta_interval` 2, give `ratio_default_vs_plain`).
 """
@@ -32,7 +32,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dynamic_loss", description=__doc__)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--meta-batch-size", type=int, default=100)
-    parser.add_argument("--eval-batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; each times every variant once")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -53,26 +52,23 @@ def main(argv: list[str]) -> dict:
                           torch.randint(0, NUM_CLASSES, (args.batch_size,))], 1).to(device)
     meta_batch = (torch.randn(args.meta_batch_size, 3, 32, 32, device=device),
                   torch.randint(0, NUM_CLASSES, (args.meta_batch_size,), device=device))
-    eval_images = torch.randn(args.eval_batch_size, 3, 32, 32, device=device)
 
     def plain_step() -> None:
         classifier_optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
         classifier_optimizer.step()
 
-    def eval_batch() -> None:
-        model.eval()
-        with torch.no_grad():
-            torch.multinomial(model(eval_images).softmax(1), 1)
-        model.train()
+    def dynamic_loss_step(iteration: MetaIteration, meta: tuple | None) -> None:
+        result = iteration.step(images, labels, inputs, meta)
+        torch.multinomial(result.logits.float().softmax(1), 1)
 
-    variants: dict[str, Callable[[], None]] = {"plain": plain_step, "eval": eval_batch}
+    variants: dict[str, Callable[[], None]] = {"plain": plain_step}
     iterations = {}
     for skip_layers in range(model.num_stages + 1):
         iterations[skip_layers] = MetaIteration(model, net, classifier_optimizer, net_optimizer, skip_layers,
                                                 training_loss=DynamicLossTraining(net))
-        variants[f"meta{skip_layers}"] = lambda it=iterations[skip_layers]: it.step(images, labels, inputs, meta_batch)
-    variants["no_meta"] = lambda: iterations[0].step(images, labels, inputs, None)
+        variants[f"meta{skip_layers}"] = lambda it=iterations[skip_layers]: dynamic_loss_step(it, meta_batch)
+    variants["no_meta"] = lambda: dynamic_loss_step(iterations[0], None)
 
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -83,11 +79,9 @@ def main(argv: list[str]) -> dict:
             if round_index >= args.warmup:
                 times[name].append(seconds)
     median = {name: statistics.median(values) for name, values in times.items()}
-    # Per training batch: the evaluation pass's share, N/E eval batches over N/B training batches.
-    eval_per_batch = median["eval"] * args.batch_size / args.eval_batch_size
     epoch_vs_plain = {
         f"skip{skip}_interval{interval}": (
-            (median[f"meta{skip}"] + (interval - 1) * median["no_meta"]) / interval + eval_per_batch
+            (median[f"meta{skip}"] + (interval - 1) * median["no_meta"]) / interval
         ) / median["plain"]
         for skip in range(model.num_stages + 1) for interval in (1, 2)
     }
@@ -95,7 +89,6 @@ def main(argv: list[str]) -> dict:
     return {
         "step_s": median,
         "epoch_vs_plain": epoch_vs_plain,
-        "eval_pass_share_of_plain_epoch": eval_per_batch / median["plain"],
         "default_skip_layers": default.skip_layers,
         "default_meta_interval": default.meta_interval,
         "ratio_default_vs_plain": epoch_vs_plain[f"skip{default.skip_layers}_interval{default.meta_interval}"],
@@ -103,7 +96,6 @@ def main(argv: list[str]) -> dict:
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
         "meta_batch_size": args.meta_batch_size,
-        "eval_batch_size": args.eval_batch_size,
         "rounds": args.rounds,
     }
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from curvenet_dist.bench.methods import METHOD_OVERRIDES as BENCH_OVERRIDES
+from curvenet_dist.bench.methods import METHODS
 from curvenet_dist.config import ConfigError, load_config
 from curvenet_dist.curves.features import mean_probe_loss
 from curvenet_dist.curves.store import CurveStore
@@ -54,12 +56,9 @@ def cell(name: str) -> dict[str, object]:
 # The grid: the reference's noise model at imbalance {10, 50} x noise {0.2, 0.4}, and one flip2 cell.
 CELLS = [f"prop-imb{imbalance}-n{rate}" for imbalance in (10, 50) for rate in (0.2, 0.4)] + ["flip2-imb10-n0.4"]
 QUICK_CELL = "prop-imb10-n0.4"
-METHODS = ("ce", "balanced_ce", "logit_adjust", "mwnet", "curvenet", "dynamic_loss")
 # Meta-Weight-Net's reference code takes its virtual step over the whole network: the baseline runs that way, not
-# with the SLMO default. Dynamic Loss draws its meta set from the training set each epoch; with the cell's clean
-# meta set added (dynamic_loss.clean_meta) it sees the same clean data as the other methods. Applied after the
-# command line's overrides, so each method stays as configured here.
-METHOD_OVERRIDES = {"mwnet": ["mwnet.skip_layers=0"], "dynamic_loss": ["dynamic_loss.clean_meta=true"]}
+# with the SLMO default. Applied after the command line's overrides, so each method stays as configured here.
+METHOD_OVERRIDES = {**BENCH_OVERRIDES, "mwnet": ["mwnet.skip_layers=0"]}
 FIGURES = ("test_acc", "few_acc", "noise_auroc", "noise_auroc_within_class")
 METHOD_NAMES = {"ce": "CE", "balanced_ce": "class-balanced CE", "logit_adjust": "Logit adjustment",
                 "mwnet": "Meta-Weight-Net", "curvenet": "CurveNet", "dynamic_loss": "Dynamic Loss"}

@@ -20,7 +20,10 @@ from curvenet_dist.engine.probe import CURVE_STORE
 from curvenet_dist.tracking.report import mean_loss_detector
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = ("ce", "balanced_ce", "logit_adjust", "mwnet", "curvenet")
+METHODS = ("ce", "balanced_ce", "logit_adjust", "mwnet", "curvenet", "dynamic_loss")
+# Dynamic Loss draws its meta set from the training set each epoch; with the clean meta set added
+# (dynamic_loss.clean_meta) it sees the same clean data as the other methods.
+METHOD_OVERRIDES = {"dynamic_loss": ["dynamic_loss.clean_meta=true"]}
 FIGURES = ("test_acc", "many_acc", "medium_acc", "few_acc", "noise_auroc", "noise_auroc_within_class", "noise_ap")
 
 
@@ -45,8 +48,8 @@ def run_seed(root: Path, seed: int, base: list[str], methods: list[str], nproc: 
     results = {}
     for method in methods:
         run_dir = root / f"seed{seed}" / method
-        torchrun_stage(nproc, "allocate",
-                       [*base, f"allocate.probe_dir={probe_dir}", f"run.dir={run_dir}", f"method={method}"], quiet=True)
+        torchrun_stage(nproc, "allocate", [*base, *METHOD_OVERRIDES.get(method, []), f"allocate.probe_dir={probe_dir}",
+                                           f"run.dir={run_dir}", f"method={method}"], quiet=True)
         metrics = results[method] = json.loads((run_dir / "metrics.json").read_text())
         separation = (f", noise AUROC {metrics['noise_auroc']:.3f} (mean probe loss "
                       f"{detector['detector_auroc']:.3f})" if "noise_auroc" in metrics else "")
@@ -72,7 +75,7 @@ def summarize(runs: list[tuple[dict, dict]], summary: dict) -> dict:
 
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m curvenet_dist.bench methods")
-    add_run_arguments(parser, "quickstart.yaml", list(METHODS))
+    add_run_arguments(parser, "quickstart.yaml", list(METHODS[:-1]))
     arguments = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(arguments.run_dir or scratch).resolve()

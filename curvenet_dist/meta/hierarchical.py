@@ -1,4 +1,4 @@
-"""Dynamic Loss's per-epoch inputs from one evaluation pass over the training set (DESIGN.md §6): each sample's
+"""Dynamic Loss's per-epoch inputs from every training sample's latest loss (DESIGN.md §6): each sample's
 loss-rank bucket within its given class, and the hierarchical meta sample.
 
 Both are functions of the gathered per-sample losses, which every rank holds alike, and of seeds every rank shares:
