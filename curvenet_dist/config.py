@@ -296,6 +296,9 @@ class CurveNetConfig(MetaLearningConfig):
     """`method=curvenet`: a network that weighs each sample from its probe loss curve and given label."""
 
     section = "curvenet"
+    meta_interval: int = 2
+    """A meta update every 2nd training iteration: the stage costs about what a CE stage costs, with accuracy and
+    noise detection within the seeds' spread of every iteration's (DESIGN.md §9)."""
     skip_epochs: int = 5
     """S: the first S probe epochs are dropped from each curve."""
     normalize_std: bool = True

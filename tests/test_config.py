@@ -53,7 +53,7 @@ def test_saved_config_round_trips(tmp_path):
 def test_each_method_section_has_its_own_defaults():
     config = Config()
     meta_learning = ("meta_lr", "meta_weight_decay", "meta_interval", "skip_layers")
-    assert [getattr(config.curvenet, key) for key in meta_learning] == [1e-3, 1e-4, 1, 2]
+    assert [getattr(config.curvenet, key) for key in meta_learning] == [1e-3, 1e-4, 2, 2]
     assert [getattr(config.mwnet, key) for key in meta_learning] == [1e-3, 1e-4, 1, 2]
     assert [getattr(config.dynamic_loss, key) for key in meta_learning] == [3e-3, 0.0, 2, 3]
     assert (config.curvenet.weight_scale, config.curvenet.scale_samples) == ("class", 1024)

@@ -84,7 +84,7 @@ def test_audited_labels_are_scored_and_nothing_is_changed_behind_the_users_back(
                                          f"run.dir={curvenet_dir}", "method=curvenet", *data, *ALLOCATE,
                                          "tracking.enabled=true", f"tracking.uri={mlflow_server}",
                                          "tracking.experiment=user-data"])
-    assert f"a meta update every 1 batch(es) ({2 * steps} before the freeze)" in result.stdout
+    assert f"a meta update every 2 batch(es) ({-(-steps // 2) * 2} before the freeze)" in result.stdout
     assert f"2 rank(s) x batch 64: {steps} steps an epoch" in result.stdout
     metrics = json.loads((curvenet_dir / "metrics.json").read_text())
     assert ("near chance" in result.stdout) == (near_chance_warning(metrics["test_acc"], 10, 3 * steps, "") is not None)
