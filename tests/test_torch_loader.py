@@ -73,3 +73,19 @@ def test_meeting_one_unreadable_image_names_every_one_of_the_table(tmp_path, num
     assert [int(part.split()[1]) for part in named] == [1, 4, 5, 7, 9]
     assert "; and 2 more (`python -m data_prep check --dataset FOLDER`" in message
     assert "\n" not in message
+
+
+def test_workers_kept_from_pass_to_pass_give_each_epoch_its_own_crops(table):
+    """The workers live as long as the loader (no fork per pass), yet every pass sees its epoch's crops: the same
+    as a fresh loader's for that epoch."""
+    loader = build_torch_loader(table, train=True, batch_size=3, image_size=8, mean=[0.5] * 3, std=[0.5] * 3,
+                                augment="crop_flip", rank=0, world_size=1, seed=0, num_threads=2, device_id=None)
+    passes, workers = [], []
+    for epoch in (1, 2):
+        loader.set_epoch(epoch)
+        passes.append([(images, ids) for images, _, ids in loader])
+        workers.append([worker.pid for worker in loader.loader._iterator._workers])
+    assert workers[0] == workers[1]
+    for epoch, batches in zip((1, 2), passes):
+        fresh = epoch_batches(table, epoch=epoch)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, fresh))

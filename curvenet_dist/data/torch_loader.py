@@ -28,41 +28,43 @@ def build_transform(*, train: bool, image_size: int, augment: str, mean: list[fl
 
 
 class SampleTableDataset(Dataset):
-    """Samples of a table by id. The transform's randomness is a function of (seed, epoch, sample id) alone, so a
-    sample gets the same crop whichever process loads it (the rank's own with data.num_workers=0, or a worker),
-    on any rank or world size, and whether the epoch ran whole or was resumed; the global RNG is left as found."""
+    """Samples of a table, keyed by (sample id, epoch). The transform's randomness is a function of (seed, epoch,
+    sample id) alone, so a sample gets the same crop whichever process loads it (the rank's own with
+    data.num_workers=0, or a worker), on any rank or world size, and whether the epoch ran whole or was resumed; the
+    global RNG is left as found. The epoch comes with each key, so workers kept from an earlier pass see it."""
 
     def __init__(self, table: SampleTable, transform: v2.Compose, seed: int):
         self.table = table
         self.transform = transform
-        self.seed, self.epoch = seed, 0
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, sample_id: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        sample_id, epoch = key
         path = self.table.image_path(sample_id)
         try:
             rgb = read_rgb(path)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise UnreadableImage(f"sample {sample_id}: cannot read image {path}: {error}") from None
-        return self._transform(rgb, sample_id), int(self.table.labels[sample_id]), sample_id
+        return self._transform(rgb, sample_id, epoch), int(self.table.labels[sample_id]), sample_id
 
-    def _transform(self, image: Image.Image, sample_id: int) -> torch.Tensor:
+    def _transform(self, image: Image.Image, sample_id: int, epoch: int) -> torch.Tensor:
         generator = torch.default_generator
         state = generator.get_state()
         # torch seeds its Mersenne Twister from the low 32 bits only; hashing the key mixes it into them (the hash
         # of a tuple of ints does not vary between processes).
-        generator.manual_seed(hash((self.seed, self.epoch, sample_id)) % 2**32)
+        generator.manual_seed(hash((self.seed, epoch, sample_id)) % 2**32)
         try:
             return self.transform(image)
         finally:
             generator.set_state(state)
 
 
-class ShardSampler(Sampler[int]):
-    """This rank's share of a seeded, per-epoch order (see sharding.py); `start_batch` skips batches already
-    trained when an epoch resumes mid-way."""
+class ShardSampler(Sampler[tuple[int, int]]):
+    """This rank's share of a seeded, per-epoch order (see sharding.py), as (sample id, epoch) keys; `start_batch`
+    skips batches already trained when an epoch resumes mid-way."""
 
     def __init__(self, num_samples: int, *, shuffle: bool, seed: int, rank: int, world_size: int, batch_size: int):
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
@@ -79,7 +81,7 @@ class ShardSampler(Sampler[int]):
         self.share = self._share()
 
     def __iter__(self):
-        return iter(self.share[self.start_batch * self.batch_size :].tolist())
+        return ((sample_id, self.epoch) for sample_id in self.share[self.start_batch * self.batch_size :].tolist())
 
     def __len__(self) -> int:
         return max(0, len(self.share) - self.start_batch * self.batch_size)
@@ -93,15 +95,15 @@ class TorchLoader:
         self.dataset, self.sampler = dataset, sampler
         # The DataLoader draws a seed from this generator at every pass (unused: the dataset seeds its transform
         # per sample); a generator of its own keeps that draw off the global RNG.
+        # Workers are kept from pass to pass: starting them again at every pass (every meta pass of a small meta
+        # set, too) forks the rank each time, which is slow and, with the rank's other threads, can deadlock.
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-            persistent_workers=False, generator=torch.Generator(),
+            persistent_workers=num_workers > 0, generator=torch.Generator(),
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start_batch)
-        # Workers are started at each pass (persistent_workers=False), so they see the new epoch too.
-        self.dataset.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.loader)
