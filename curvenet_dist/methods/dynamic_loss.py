@@ -10,10 +10,10 @@ import torch
 from curvenet_dist.curves.gather import all_gather_concat
 from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.evaluate import losses_and_samples
-from curvenet_dist.meta.meta_iteration import IterationResult
 from curvenet_dist.meta.distributed import all_reduce_mean_
 from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, union
 from curvenet_dist.meta.meta_batches import MetaBatches
+from curvenet_dist.meta.meta_iteration import IterationResult
 from curvenet_dist.methods.base import AllocateSetup, EpochPlan, TrainingLoss
 from curvenet_dist.methods.meta_learned import MetaLearnedMethod
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
@@ -48,7 +48,7 @@ class DynamicLossMethod(MetaLearnedMethod):
         self.warm = epoch < self.settings.warmup_epochs and not frozen
         self.meta_learning = not (self.warm or frozen)
         self.sampler.manual_seed(hash((self.setup.config.run.seed, epoch, self.setup.context.rank)) % 2**32)
-        losses = self._sample_losses(epoch)
+        losses = self._sample_losses()
         inputs = self._rank_inputs(losses)
         ones = torch.ones(len(self.setup.splits.train), device=self.setup.device) if self.warm else None
         if not self.meta_learning:
@@ -58,7 +58,7 @@ class DynamicLossMethod(MetaLearnedMethod):
                               **self.setup.loader_arguments)
         return EpochPlan(loader, inputs=inputs, sample_ids=torch.from_numpy(train_rows))
 
-    def _sample_losses(self, epoch: int) -> np.ndarray:
+    def _sample_losses(self) -> np.ndarray:
         """Every sample's loss as the epoch starts. The first epoch, with nothing recorded yet, takes one evaluation
         pass (which draws the predictions too); every later one reads what the last epoch's training recorded."""
         setup = self.setup
