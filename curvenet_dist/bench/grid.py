@@ -22,8 +22,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from curvenet_dist.bench.methods import METHOD_OVERRIDES as BENCH_OVERRIDES
-from curvenet_dist.bench.methods import METHODS
+from curvenet_dist.bench.methods import METHOD_OVERRIDES as BENCH_OVERRIDES, METHODS
 from curvenet_dist.config import ConfigError, load_config
 from curvenet_dist.curves.features import mean_probe_loss
 from curvenet_dist.curves.store import CurveStore

@@ -75,7 +75,8 @@ def summarize(runs: list[tuple[dict, dict]], summary: dict) -> dict:
 
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m curvenet_dist.bench methods")
-    add_run_arguments(parser, "quickstart.yaml", list(METHODS[:-1]))
+    # Dynamic Loss only when named: it reads no probe, and the default list is the probe-based methods.
+    add_run_arguments(parser, "quickstart.yaml", [method for method in METHODS if method != "dynamic_loss"])
     arguments = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(arguments.run_dir or scratch).resolve()
