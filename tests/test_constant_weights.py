@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from curvenet_dist.engine.evaluate import WEIGHT_SPREAD_FLOOR, constant_weights_warning
-from curvenet_dist.tracking.report import weight_spread
+from curvenet_dist.tracking.report import weight_change, weight_spread
 
 
 def test_weights_equal_within_every_class_have_no_spread_whatever_the_class_totals():
@@ -24,3 +25,12 @@ def test_constant_weights_get_one_line_naming_the_likely_cause():
         assert line.startswith("warning: the weights ended nearly constant") and "\n" not in line
     assert "120 meta updates are few" in few
     assert "meta-gradient was weak (mean norm 3.0e-07" in weak
+
+
+def test_weight_change_ignores_class_totals_and_counts_who_is_down_weighted():
+    labels = np.repeat([0, 1], [40, 10])
+    learned = np.where(np.arange(50) % 5 == 0, 0.2, 1.0)
+    # Rescaling a class's total moves no sample within its class.
+    assert weight_change(learned, learned * np.array([1.0, 3.0])[labels], labels) == pytest.approx(0.0, abs=1e-12)
+    # Down-weighting other samples of the same classes is a change of the order of the weights' whole spread.
+    assert weight_change(learned, np.roll(learned, 1), labels) > 1.0

@@ -80,6 +80,18 @@ def test_every_sample_once_per_epoch_across_ranks(table: SampleTable, world_size
         assert len(all_ids) - NUM_SAMPLES < world_size * 2
 
 
+def test_a_pass_limited_to_some_rows_yields_exactly_those_across_ranks(table: SampleTable) -> None:
+    rows = np.arange(1, NUM_SAMPLES, 3)
+    seen = []
+    for rank in (0, 1):
+        loader = make_loader(table, rank=rank, world_size=2)
+        loader.set_epoch(2, rows=rows)
+        for _, labels, ids in loader:
+            assert labels.tolist() == table.labels[ids.numpy()].tolist()
+            seen += ids.tolist()
+    assert sorted(set(seen)) == rows.tolist() and len(seen) - len(rows) < 2 * 2
+
+
 def test_order_changes_per_epoch_and_repeats_for_the_same_epoch(table: SampleTable) -> None:
     images_0, _, ids_0 = run_epoch(make_loader(table, augment="resized_crop"), 0)
     _, _, ids_1 = run_epoch(make_loader(table, augment="resized_crop"), 1)

@@ -89,3 +89,30 @@ def test_workers_kept_from_pass_to_pass_give_each_epoch_its_own_crops(table):
     for epoch, batches in zip((1, 2), passes):
         fresh = epoch_batches(table, epoch=epoch)
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, fresh))
+
+
+def test_a_pass_limited_to_some_rows_loads_exactly_those_across_ranks_with_the_same_workers(table):
+    """A method that trains on part of the set each epoch (Dynamic Loss) limits the pass with `rows`: every rank
+    keeps its workers, and together the ranks load exactly those samples, each under its own id and crop."""
+    rows = np.array([0, 3, 4, 8, 9, 11])
+    loaders = [build_torch_loader(table, train=True, batch_size=2, image_size=8, mean=[0.5] * 3, std=[0.5] * 3,
+                                  augment="crop_flip", rank=rank, world_size=2, seed=0, num_threads=2,
+                                  device_id=None) for rank in (0, 1)]
+    whole = {int(i): image for images, ids in epoch_batches(table, epoch=4, world_size=1) for i, image in zip(ids, images)}
+    seen, workers = [], []
+    for loader in loaders:
+        loader.set_epoch(3)
+        list(loader)
+        loader.set_epoch(4, rows=rows)
+        assert len(loader) == 2
+        for images, labels, ids in loader:
+            seen += ids.tolist()
+            assert all(torch.equal(image, whole[int(i)]) for i, image in zip(ids, images))
+            assert torch.equal(labels, torch.as_tensor(table.labels[ids.numpy()]))
+        workers.append(loader.loader._iterator._workers)
+    assert sorted(set(seen)) == rows.tolist()  # padded so both ranks run 2 whole batches, as every pass is
+    first_pids = [[worker.pid for worker in rank_workers] for rank_workers in workers]
+    for loader, pids in zip(loaders, first_pids):
+        loader.set_epoch(5)
+        list(loader)
+        assert [worker.pid for worker in loader.loader._iterator._workers] == pids

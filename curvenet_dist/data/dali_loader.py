@@ -20,7 +20,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from curvenet_dist.config import ConfigError
 from curvenet_dist.data.sample_table import DataError, SampleTable
 from curvenet_dist.data.unreadable import unreadable_images_error
-from curvenet_dist.data.sharding import epoch_order, rank_share
+from curvenet_dist.data.sharding import pass_order, rank_share
 
 AUGMENTS = ("crop_flip", "crop", "resized_crop", "none")
 READER_NAME = "reader"
@@ -109,10 +109,11 @@ class DaliLoader:
         self.absolute = np.frompyfunc(str.startswith, 2, 1)(self.relative_paths, os.sep).astype(bool)
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order; `start_batch` skips the batches already trained when an epoch resumes."""
+    def set_epoch(self, epoch: int, start_batch: int = 0, rows: np.ndarray | None = None) -> None:
+        """Select the epoch's order; `start_batch` skips the batches already trained when an epoch resumes, `rows`
+        (sample ids of the table) limits the pass to those samples."""
         self.epoch, self.start_batch = epoch, start_batch
-        order = epoch_order(len(self.table), shuffle=self.train, seed=self.seed, epoch=epoch)
+        order = pass_order(len(self.table), rows, shuffle=self.train, seed=self.seed, epoch=epoch)
         share = rank_share(order, self.rank, self.world_size, self.batch_size)
         self.ids = share[start_batch * self.batch_size:]
 

@@ -17,6 +17,14 @@ def epoch_order(num_samples: int, *, shuffle: bool, seed: int, epoch: int) -> np
     return np.random.default_rng([seed, epoch]).permutation(num_samples)
 
 
+def pass_order(num_samples: int, rows: np.ndarray | None, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+    """The sample ids of one pass over a table: all `num_samples`, or only `rows` (sample ids of the table, e.g. a
+    method's training rows for the epoch), in the epoch's seeded order."""
+    if rows is None:
+        return epoch_order(num_samples, shuffle=shuffle, seed=seed, epoch=epoch)
+    return np.asarray(rows)[epoch_order(len(rows), shuffle=shuffle, seed=seed, epoch=epoch)]
+
+
 def rank_share(order: np.ndarray, rank: int, world_size: int, batch_size: int) -> np.ndarray:
     """This rank's sample ids for the epoch, in order, padded so every rank has the same count."""
     if len(order) < world_size:

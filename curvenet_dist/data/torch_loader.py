@@ -1,13 +1,14 @@
 """The torch DataLoader path: yields (images, labels, ids) batches from a sample table, sharded by global rank."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from curvenet_dist.data.sample_table import SampleTable
-from curvenet_dist.data.sharding import epoch_order, rank_share
+from curvenet_dist.data.sharding import pass_order, rank_share
 from curvenet_dist.data.unreadable import UnreadableImage, read_rgb, unreadable_images_error
 
 
@@ -64,21 +65,17 @@ class SampleTableDataset(Dataset):
 
 class ShardSampler(Sampler[tuple[int, int]]):
     """This rank's share of a seeded, per-epoch order (see sharding.py), as (sample id, epoch) keys; `start_batch`
-    skips batches already trained when an epoch resumes mid-way."""
+    skips batches already trained when an epoch resumes mid-way, `rows` limits the pass to those sample ids."""
 
     def __init__(self, num_samples: int, *, shuffle: bool, seed: int, rank: int, world_size: int, batch_size: int):
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
-        self.epoch, self.start_batch = 0, 0
-        self.share = self._share()
+        self.set_epoch(0)
 
-    def _share(self):
-        order = epoch_order(self.num_samples, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch)
-        return rank_share(order, self.rank, self.world_size, self.batch_size)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0, rows: np.ndarray | None = None) -> None:
         self.epoch, self.start_batch = epoch, start_batch
-        self.share = self._share()
+        order = pass_order(self.num_samples, rows, shuffle=self.shuffle, seed=self.seed, epoch=epoch)
+        self.share = rank_share(order, self.rank, self.world_size, self.batch_size)
 
     def __iter__(self):
         return ((sample_id, self.epoch) for sample_id in self.share[self.start_batch * self.batch_size :].tolist())
@@ -89,7 +86,8 @@ class ShardSampler(Sampler[tuple[int, int]]):
 
 class TorchLoader:
     """A DataLoader over a ShardSampler with the loader contract: iterate (images, labels, ids);
-    len() = batches per epoch, the same on every rank; set_epoch() before each epoch."""
+    len() = batches per epoch, the same on every rank; set_epoch(epoch, start_batch, rows) before each pass, where
+    `rows` (sample ids, None: all) limits the pass to part of the table without new workers."""
 
     def __init__(self, dataset: SampleTableDataset, sampler: ShardSampler, batch_size: int, num_workers: int, pin_memory: bool):
         self.dataset, self.sampler = dataset, sampler
@@ -102,8 +100,8 @@ class TorchLoader:
             persistent_workers=num_workers > 0, generator=torch.Generator(),
         )
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.sampler.set_epoch(epoch, start_batch)
+    def set_epoch(self, epoch: int, start_batch: int = 0, rows: np.ndarray | None = None) -> None:
+        self.sampler.set_epoch(epoch, start_batch, rows)
 
     def __len__(self) -> int:
         return len(self.loader)

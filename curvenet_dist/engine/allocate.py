@@ -68,7 +68,7 @@ class EpochTotals:
 
 class AllocateTrainer:
     name = "allocate"
-    shown = ("train_loss", "mean_weight", "lr", "test_acc", "noise_auroc")
+    shown = ("train_loss", "mean_weight", "lr", "test_acc", "noise_auroc", "weight_change")
 
     def __init__(self, config: Config, context: DistributedContext):
         self.config, self.context = config, context
@@ -168,15 +168,13 @@ class AllocateTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         plan = self.method.start_epoch(epoch, start_batch)
-        plan.loader.set_epoch(epoch, start_batch)
+        plan.loader.set_epoch(epoch, start_batch, plan.rows)
         batches = len(plan.loader) + start_batch
         self.progress.start_epoch(epoch, batches)
         totals = EpochTotals(device)
         self.model.train()
         for batch, (images, labels, ids) in enumerate(plan.loader, start=start_batch):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if plan.sample_ids is not None:
-                ids = plan.sample_ids[ids]
             ids = ids.to(device, non_blocking=True)
             inputs = plan.inputs[ids] if plan.inputs is not None else None
             meta_batch = self.method.meta_batch(batch)

@@ -42,8 +42,11 @@ def hierarchical_sample(losses: np.ndarray, labels: np.ndarray, num_classes: int
 
 
 def union(first: SampleTable, second: SampleTable) -> SampleTable:
-    """One table of both tables' samples (image paths made absolute, so the two may live under different roots)."""
-    paths = [str(table.image_path(i).resolve()) for table in (first, second) for i in range(len(table))]
-    return SampleTable(image_root=first.image_root, paths=paths, labels=np.concatenate([first.labels, second.labels]),
+    """One table of both tables' samples, under the first's image root; the second's paths are made absolute where
+    its root differs (a path joined to an absolute one is that one)."""
+    root = second.image_root.absolute()
+    second_paths = second.paths if second.image_root == first.image_root else [str(root / p) for p in second.paths]
+    return SampleTable(image_root=first.image_root, paths=[*first.paths, *second_paths],
+                       labels=np.concatenate([first.labels, second.labels]),
                        true_labels=np.concatenate([first.true_labels, second.true_labels]),
                        num_classes=first.num_classes, origin=f"{first.origin} + {second.origin}")

@@ -13,7 +13,7 @@ from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
 from curvenet_dist.methods.base import AllocateSetup, EpochPlan, TrainingLoss
 from curvenet_dist.methods.meta_learned import MetaLearnedMethod
 from curvenet_dist.models.weighting import CurveNet
-from curvenet_dist.tracking.report import audited_noise_scores
+from curvenet_dist.tracking.report import audited_noise_scores, weight_change
 
 
 class CurveNetMethod(MetaLearnedMethod):
@@ -34,6 +34,7 @@ class CurveNetMethod(MetaLearnedMethod):
         # Once frozen, a weight depends only on the curve and label: all of them are computed once, and scored once.
         self.frozen_weights: torch.Tensor | None = None
         self.frozen_auroc: dict[str, float] | None = None
+        self.last_epoch_weights: np.ndarray | None = None
 
     def _weight_scale(self) -> WeightScale:
         config, mode = self.setup.config, self.setup.config.curvenet.weight_scale
@@ -60,6 +61,16 @@ class CurveNetMethod(MetaLearnedMethod):
         self.meta_learning = not frozen
         return EpochPlan(self.setup.train_loader, fixed_weights=self.frozen_weights if frozen else None,
                          inputs=self.curves)
+
+    def end_epoch(self, train_metrics: dict[str, float]) -> None:
+        super().end_epoch(train_metrics)
+        if not self.meta_learning:
+            return
+        weights = self.weights().cpu().numpy()
+        if self.last_epoch_weights is not None:
+            train_metrics["weight_change"] = weight_change(self.last_epoch_weights, weights,
+                                                           self.setup.splits.train.labels)
+        self.last_epoch_weights = weights
 
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
         """The noise AUROC of the current class-relative weights over the samples whose true label is known: how

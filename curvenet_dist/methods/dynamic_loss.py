@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from curvenet_dist.curves.gather import all_gather_concat
-from curvenet_dist.data.loader import build_loader
 from curvenet_dist.engine.evaluate import losses_and_samples
 from curvenet_dist.meta.distributed import all_reduce_mean_
 from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, union
@@ -27,6 +26,12 @@ class DynamicLossMethod(MetaLearnedMethod):
         config, settings = setup.config, setup.config.dynamic_loss
         super().__init__(setup, settings)
         self.meta_table = self._select_meta_table() if settings.clean_meta else None
+        # One meta loader for every epoch, over the training set (and the clean set after it): each epoch's meta
+        # sample is a choice of its rows, so no epoch starts new loader workers.
+        train = setup.splits.train
+        pool = train if self.meta_table is None else union(train, self.meta_table)
+        self.clean_rows = np.arange(len(train), len(pool))
+        self.meta_pool_loader = self.meta_loader(pool)
         torch.manual_seed(config.run.seed)
         self._adopt(DynamicLoss(setup.splits.num_classes, settings.buckets, settings.hidden))
         self.loss = DynamicLossTraining(self.weighting_net)
@@ -54,9 +59,7 @@ class DynamicLossMethod(MetaLearnedMethod):
         if not self.meta_learning:
             return EpochPlan(self.setup.train_loader, fixed_weights=ones, inputs=inputs)
         train_rows = self._draw_meta_set(losses, epoch, start_batch)
-        loader = build_loader(self.setup.config.data, self.setup.splits.train.select(train_rows), train=True,
-                              **self.setup.loader_arguments)
-        return EpochPlan(loader, inputs=inputs, sample_ids=torch.from_numpy(train_rows))
+        return EpochPlan(self.setup.train_loader, inputs=inputs, rows=train_rows)
 
     def _sample_losses(self) -> np.ndarray:
         """Every sample's loss as the epoch starts. The first epoch, with nothing recorded yet, takes one evaluation
@@ -79,10 +82,7 @@ class DynamicLossMethod(MetaLearnedMethod):
         the training rows left."""
         setup, train = self.setup, self.setup.splits.train
         meta_rows = hierarchical_sample(losses, train.labels, setup.splits.num_classes, setup.config.run.seed, epoch)
-        meta_table = train.select(meta_rows)
-        if self.meta_table is not None:
-            meta_table = union(meta_table, self.meta_table)
-        self.meta_batches = MetaBatches(self.meta_loader(meta_table))
+        self.meta_batches = MetaBatches(self.meta_pool_loader, np.concatenate([meta_rows, self.clean_rows]))
         # Each epoch's meta set is new; its shuffle starts at the epoch's number, or where a resumed epoch left it.
         self.meta_batches.load_state_dict(self.resumed_meta_position if start_batch else {"epoch": epoch, "batch": 0})
         return np.setdiff1d(train.ids, meta_rows)

@@ -79,6 +79,14 @@ def weight_spread(weights: np.ndarray, labels: np.ndarray) -> float:
     return float(class_relative(weights.astype(np.float64), labels).std())
 
 
+def weight_change(previous: np.ndarray, current: np.ndarray, labels: np.ndarray) -> float:
+    """How far the class-relative weights moved between two epochs: the mean absolute change over the current
+    spread (std). Weights still moving this much just before the freeze have not settled."""
+    relative = class_relative(current.astype(np.float64), labels)
+    change = np.abs(relative - class_relative(previous.astype(np.float64), labels)).mean()
+    return float(change / max(relative.std(), 1e-12))
+
+
 def audited_noise_scores(weights: np.ndarray, train: SampleTable) -> dict[str, float]:
     """`noise_detection_scores` of the class-relative weight over the training samples whose true label is known
     (all of them under synthetic noise, the audited ones of a prepared dataset); empty where none is."""
