@@ -319,6 +319,12 @@ class CurveNetConfig(MetaLearningConfig):
     scale_samples: int = 1024
     """For weight_scale `dataset`: how many training samples estimate the mean weight (all, if fewer); for
     `class`: this many divided by the class count, per class."""
+    settle_tolerance: float = 0.05
+    """Meta-learning stops before the first LR decay once the weights have settled: when, in settle_epochs meta
+    epochs in a row, the class-relative weight moved less than this fraction of its spread (mean absolute change
+    over std, meta/settling.py). 0: meta-learn until the first LR decay, as the paper."""
+    settle_epochs: int = 2
+    """How many calm meta epochs in a row make the weights settled."""
 
     def validate(self) -> None:
         super().validate()
@@ -328,6 +334,8 @@ class CurveNetConfig(MetaLearningConfig):
         # The head's last hidden layer feeds the output layer, so the head needs one.
         _layer_sizes("curvenet.head_hidden", self.head_hidden, allow_empty=False)
         _choice("curvenet.weight_scale", self.weight_scale, ("class", "dataset", "batch", "none"))
+        _positive("curvenet.settle_tolerance", self.settle_tolerance, allow_zero=True)
+        _positive("curvenet.settle_epochs", self.settle_epochs)
         _positive("curvenet.scale_samples", self.scale_samples)
 
 
@@ -356,8 +364,9 @@ class MetaConfig:
     sync: str = "exact"
     """`exact`: the meta-gradient equals one process on the union of all ranks' batches. `local`: each rank's
     virtual step sees only its own batch (cheaper, approximate)."""
-    batch_size: int = 100
-    """Meta batch size per rank."""
+    batch_size: int = 128
+    """Meta batch size per rank. The reference code draws meta batches of the train batch's size, and so does every
+    shipped config: a larger one makes each meta step dearer (the meta batch's forward and second-order backward)."""
     source: str = "carved"
     """`carved` (bias.meta_per_class clean samples), `split` (the dataset's own meta split) or `lowest_loss`
     (the per_class lowest mean-probe-loss samples of each class; no clean data needed)."""

@@ -85,6 +85,23 @@ def test_killed_allocate_run_resumes_and_finishes(probe_run, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 4
 
 
+def test_weights_that_settle_end_meta_learning_before_the_first_lr_decay(probe_run, tmp_path):
+    """With a tolerance every change is under, the weights settle at the first meta epoch that measures a change:
+    the run meta-learns 2 epochs instead of 3 and says so; with tolerance 0 it meta-learns up to the LR decay."""
+    run_dir = tmp_path / "run"
+    # A high meta LR spreads the weights within the few meta steps of a tiny run (an unspread net never settles).
+    settle = ["allocate.epochs=4", "allocate.milestones=[3]", "curvenet.meta_lr=0.03", "curvenet.settle_tolerance=1000",
+              "curvenet.settle_epochs=1"]
+    result = allocate(probe_run, run_dir, 2, settle)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["meta_epochs"] == 2
+    assert "the weights settled after epoch 2 (curvenet.settle_tolerance): 2 meta epochs, 1 fewer" in result.stdout
+    assert re.search(r"epoch 3/4 (?!.*weight_change)", result.stdout)
+    plain = allocate(probe_run, tmp_path / "plain", 2, [*settle[:3], "curvenet.settle_tolerance=0"])
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["meta_epochs"] == 3
+    assert "settled" not in plain.stdout
+
+
 @pytest.mark.parametrize("extra, message", [
     (["curvenet.skip_epochs=4"], "holds 4 probe epochs; curvenet.skip_epochs=4 needs at least 5"),
     (["bias.noise_rate=0.2"], "was recorded on another dataset"),

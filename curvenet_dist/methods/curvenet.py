@@ -1,5 +1,6 @@
 """CurveNet (DESIGN.md §5): an MLP over each sample's class-normalised probe loss curve plus a label embedding
-gives its weight, meta-learned on the clean meta set until the classifier's first LR decay, then frozen."""
+gives its weight, meta-learned on the clean meta set until the classifier's first LR decay (or until its weights
+settle), then frozen."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,11 +10,12 @@ from curvenet_dist.curves.features import curve_features
 from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.meta.meta_batches import MetaBatches
 from curvenet_dist.meta.meta_iteration import WeightedCrossEntropy
+from curvenet_dist.meta.settling import WeightSettling
 from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
 from curvenet_dist.methods.base import AllocateSetup, EpochPlan, TrainingLoss
 from curvenet_dist.methods.meta_learned import MetaLearnedMethod
 from curvenet_dist.models.weighting import CurveNet
-from curvenet_dist.tracking.report import audited_noise_scores, weight_change
+from curvenet_dist.tracking.report import audited_noise_scores
 
 
 class CurveNetMethod(MetaLearnedMethod):
@@ -34,7 +36,10 @@ class CurveNetMethod(MetaLearnedMethod):
         # Once frozen, a weight depends only on the curve and label: all of them are computed once, and scored once.
         self.frozen_weights: torch.Tensor | None = None
         self.frozen_auroc: dict[str, float] | None = None
-        self.last_epoch_weights: np.ndarray | None = None
+        self.settling = WeightSettling(settings.settle_tolerance, settings.settle_epochs)
+        self.settled_at: int | None = None
+        """The first epoch frozen because the weights settled (None: meta-learned until the first LR decay)."""
+        self.epoch = 0
 
     def _weight_scale(self) -> WeightScale:
         config, mode = self.setup.config, self.setup.config.curvenet.weight_scale
@@ -54,7 +59,11 @@ class CurveNetMethod(MetaLearnedMethod):
         """CurveNet's weight for every training sample, indexed by sample id."""
         return weights_by_chunks(self.weighting_net, self.setup.train_labels(), self.curves)
 
+    def frozen(self, epoch: int) -> bool:
+        return super().frozen(epoch) or (self.settled_at is not None and epoch >= self.settled_at)
+
     def start_epoch(self, epoch: int, start_batch: int) -> EpochPlan:
+        self.epoch = epoch
         frozen = self._freeze_if_due(epoch)
         if frozen and self.frozen_weights is None:
             self.frozen_weights = self.scale.frozen(self.weights(), self.setup.train_labels())
@@ -66,11 +75,12 @@ class CurveNetMethod(MetaLearnedMethod):
         super().end_epoch(train_metrics)
         if not self.meta_learning:
             return
-        weights = self.weights().cpu().numpy()
-        if self.last_epoch_weights is not None:
-            train_metrics["weight_change"] = weight_change(self.last_epoch_weights, weights,
-                                                           self.setup.splits.train.labels)
-        self.last_epoch_weights = weights
+        # Every rank computes the same weights from the same net, so every rank decides alike.
+        change = self.settling.observe(self.weights().cpu().numpy(), self.setup.splits.train.labels)
+        if change is not None:
+            train_metrics["weight_change"] = change
+        if self.settling.settled and self.settled_at is None:
+            self.settled_at = self.epoch + 1
 
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
         """The noise AUROC of the current class-relative weights over the samples whose true label is known: how
@@ -87,3 +97,26 @@ class CurveNetMethod(MetaLearnedMethod):
 
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
         return self.weights().cpu().numpy()
+
+    def summary(self, weights: np.ndarray) -> dict:
+        meta_epochs = sum(not self.frozen(epoch) for epoch in range(self.setup.config.allocate.epochs))
+        return {**super().summary(weights), "meta_epochs": meta_epochs}
+
+    def warnings(self, summary: dict) -> list[str]:
+        lines = super().warnings(summary)
+        if self.settled_at is not None:
+            lines.append(f"the weights settled after epoch {self.settled_at} (curvenet.settle_tolerance): "
+                         f"{summary['meta_epochs']} meta epochs, {self.meta_epochs_planned() - self.settled_at} fewer "
+                         f"than up to the first LR decay")
+        return lines
+
+    def meta_epochs_planned(self) -> int:
+        return sum(not MetaLearnedMethod.frozen(self, epoch) for epoch in range(self.setup.config.allocate.epochs))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "settling": self.settling.state_dict(), "settled_at": self.settled_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.settling.load_state_dict(state["settling"])
+        self.settled_at = state["settled_at"]
