@@ -68,8 +68,9 @@ def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, me
         assert 0 <= metrics["noise_auroc"] <= 1 and 0 <= metrics["noise_ap"] <= 1
         labels = CurveStore.open(probe_run / "curves.zarr", mode="r").labels
         assert metrics["weight_spread"] == pytest.approx(weight_spread(weights, labels))
-        # The second meta epoch's line says how far the weights moved since the first.
-        assert re.search(r"epoch 2/3 .*weight_change \d", result.stdout), result.stdout
+        if method == "curvenet":
+            # The second meta epoch's line says how far the weights moved since the first.
+            assert re.search(r"epoch 2/3 .*weight_change \d", result.stdout), result.stdout
     assert "done: test accuracy" in result.stdout
 
 
