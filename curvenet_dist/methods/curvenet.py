@@ -39,6 +39,7 @@ class CurveNetMethod(MetaLearnedMethod):
         self.settling = WeightSettling(settings.settle_tolerance, settings.settle_epochs)
         self.settled_at: int | None = None
         """The first epoch frozen because the weights settled (None: meta-learned until the first LR decay)."""
+        self.meta_epochs_to_decay = self.meta_epochs()
         self.epoch = 0
 
     def _weight_scale(self) -> WeightScale:
@@ -89,7 +90,9 @@ class CurveNetMethod(MetaLearnedMethod):
             return self.frozen_auroc
         if not (self.setup.splits.train.true_labels >= 0).any():
             return {}
-        scores = audited_noise_scores(self.weights().cpu().numpy(), self.setup.splits.train)
+        # A meta epoch's end computed its weights already (the settling compares them); the net has not moved since.
+        weights = self.settling.previous if self.meta_learning else self.weights().cpu().numpy()
+        scores = audited_noise_scores(weights, self.setup.splits.train)
         auroc = {"noise_auroc": scores["noise_auroc"]} if scores else {}
         if self.frozen(epoch):
             self.frozen_auroc = auroc
@@ -99,19 +102,15 @@ class CurveNetMethod(MetaLearnedMethod):
         return self.weights().cpu().numpy()
 
     def summary(self, weights: np.ndarray) -> dict:
-        meta_epochs = sum(not self.frozen(epoch) for epoch in range(self.setup.config.allocate.epochs))
-        return {**super().summary(weights), "meta_epochs": meta_epochs}
+        return {**super().summary(weights), "meta_epochs": self.meta_epochs()}
 
     def warnings(self, summary: dict) -> list[str]:
         lines = super().warnings(summary)
         if self.settled_at is not None:
             lines.append(f"the weights settled after epoch {self.settled_at} (curvenet.settle_tolerance): "
-                         f"{summary['meta_epochs']} meta epochs, {self.meta_epochs_planned() - self.settled_at} fewer "
-                         f"than up to the first LR decay")
+                         f"{summary['meta_epochs']} meta epochs, {self.meta_epochs_to_decay - summary['meta_epochs']} "
+                         f"fewer than up to the first LR decay")
         return lines
-
-    def meta_epochs_planned(self) -> int:
-        return sum(not MetaLearnedMethod.frozen(self, epoch) for epoch in range(self.setup.config.allocate.epochs))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "settling": self.settling.state_dict(), "settled_at": self.settled_at}

@@ -61,11 +61,13 @@ class MetaLearnedMethod(Method):
         milestones = self.setup.config.allocate.milestones
         return bool(milestones) and epoch >= milestones[0]
 
+    def meta_epochs(self) -> int:
+        """How many epochs meta-learn before the freeze."""
+        return sum(not self.frozen(epoch) for epoch in range(self.setup.config.allocate.epochs))
+
     def meta_update_count(self) -> int:
         """How many meta updates the weighting net gets before its freeze."""
-        config = self.setup.config
-        meta_epochs = sum(not self.frozen(epoch) for epoch in range(config.allocate.epochs))
-        return -(-len(self.setup.train_loader) // self.settings.meta_interval) * meta_epochs
+        return -(-len(self.setup.train_loader) // self.settings.meta_interval) * self.meta_epochs()
 
     def _freeze_if_due(self, epoch: int) -> bool:
         frozen = self.frozen(epoch)
