@@ -1,4 +1,4 @@
-"""Clothing1M-scale code paths (issue 10) on small data: chunked weights, features shared by concurrent ranks, and
+"""Clothing1M-scale code paths on small data: chunked weights, features shared by concurrent ranks, and
 the scale benchmark itself."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Clothing1M scale (issue 10): the per-sample steps of the pipeline on a synthetic curve store and sample table of
+"""Clothing1M scale: the per-sample steps of the pipeline on a synthetic curve store and sample table of
 N samples (default 1,000,000 x 60 epochs, 14 classes).
 
 Each figure is measured in a fresh process, so a peak memory figure (`*_peak_mb`, the growth of the process's

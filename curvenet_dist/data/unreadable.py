@@ -1,5 +1,5 @@
 """What a loader does when it meets an image it cannot read: find every unreadable image of the table, not just the
-first, so one run tells the user all there is to fix (issue 11)."""
+first, so one run tells the user all there is to fix."""
 from __future__ import annotations
 
 import os
