@@ -69,6 +69,7 @@ class EpochTotals:
 class AllocateTrainer:
     name = "allocate"
     shown = ("train_loss", "mean_weight", "lr", "test_acc", "noise_auroc", "weight_change")
+    evaluates_every_epoch = True
 
     def __init__(self, config: Config, context: DistributedContext):
         self.config, self.context = config, context

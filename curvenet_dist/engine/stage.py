@@ -35,6 +35,8 @@ class Stage(Protocol):
     progress: Progress
     shown: tuple[str, ...]
     """The metrics of each epoch's progress line."""
+    evaluates_every_epoch: bool
+    """Whether the test set is evaluated after every epoch, or after the last one only."""
 
     def open_run_folder(self) -> None:
         """Rank 0 creates the run folder (and whatever else the stage keeps there) before resuming."""
@@ -77,10 +79,11 @@ def run_stage(stage: Stage) -> dict:
     for epoch in range(position.epoch, stage.epochs):
         epoch_start = time.monotonic()
         metrics = stage.train_epoch(epoch, position.batch if epoch == position.epoch else 0, wall_s())
-        report = stage.evaluate()
+        if stage.evaluates_every_epoch or epoch == stage.epochs - 1:
+            report = stage.evaluate()
+            metrics.update({key: report[key] for key in ACCURACY_KEYS})
         epoch_s = time.monotonic() - epoch_start
-        metrics.update({key: report[key] for key in ACCURACY_KEYS}, samples_per_s=stage.num_samples / epoch_s,
-                       epoch_s=epoch_s)
+        metrics.update(samples_per_s=stage.num_samples / epoch_s, epoch_s=epoch_s)
         if context.is_main:
             metrics.update(stage.epoch_metrics(epoch))
             stage.checkpointer.save(stage.state(wall_s()), epoch + 1)
