@@ -41,8 +41,8 @@ def logit_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class ProbeTrainer:
     name = "probe"
     shown = ("train_loss", "lr", "test_acc")
-    # Mid-probe accuracy swings with the cyclical LR and nothing depends on it; on small sets the test pass costs
-    # a third of an epoch.
+    # Mid-probe accuracy swings with the cyclical LR and nothing reads it; on small sets a test pass costs over half
+    # an epoch (DESIGN §8).
     evaluates_every_epoch = False
 
     def __init__(self, config: Config, context: DistributedContext):
