@@ -14,7 +14,7 @@ from curvenet_dist.curves.features import class_normalized_curves
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.bias import corrupt_labels
 from curvenet_dist.meta.meta_iteration import MetaIteration
-from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
+from curvenet_dist.meta.weight_scale import WeightScale, balanced_class_factors, reference_sample
 from curvenet_dist.meta.weighting_optimizer import weighting_optimizer
 from curvenet_dist.models.staged import ClassifierHead, StagedNet
 from curvenet_dist.models.weighting import CurveNet
@@ -73,7 +73,7 @@ def train_curvenet(data: dict, scale: str, steps: int, meta_lr: float = 1e-3,
     torch.manual_seed(1)
     curvenet = CurveNet(EPOCHS - SKIP_EPOCHS, NUM_CLASSES)
     weight_scale = WeightScale(scale, "exact", data["features"], data["given"],
-                               np.bincount(data["given"].numpy(), minlength=NUM_CLASSES))
+                               balanced_class_factors(np.bincount(data["given"].numpy(), minlength=NUM_CLASSES)))
     iteration = MetaIteration(
         model, curvenet, torch.optim.SGD(model.parameters(), lr=classifier_lr, momentum=0.9, weight_decay=5e-4),
         weighting_optimizer(curvenet.parameters(), meta_lr, weight_decay=1e-4), skip_layers=0,
@@ -159,7 +159,7 @@ def test_the_dataset_scale_cannot_drift_to_all_weights_one(biased_data):
 def test_the_class_scale_gives_every_class_the_same_total_whatever_the_net_says_of_the_class():
     labels = torch.tensor([0] * 6 + [1] * 3 + [2] * 1)
     raw = torch.tensor([0.9, 0.8, 0.9, 0.1, 0.9, 0.7, 0.3, 0.4, 0.05, 0.6])
-    weight_scale = WeightScale("class", "exact", torch.zeros(len(labels), 1), labels, np.array([6, 3, 1]))
+    weight_scale = WeightScale("class", "exact", torch.zeros(len(labels), 1), labels, balanced_class_factors(np.array([6, 3, 1])))
     effective = weight_scale.frozen(raw, labels)
     # Class-balanced CE's totals (N / C each, mean weight 1), shared out within a class as the net ranks them.
     totals = torch.zeros(3).index_add(0, labels, effective)

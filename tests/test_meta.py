@@ -18,7 +18,7 @@ from curvenet_dist.meta.distributed import all_reduce_mean_, differentiable_all_
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.slmo import PartRange, split_layers
 from curvenet_dist.meta.virtual_step import virtual_sgd_step
-from curvenet_dist.meta.weight_scale import WeightScale
+from curvenet_dist.meta.weight_scale import WeightScale, balanced_class_factors
 from curvenet_dist.models.cifar_resnet import cifar_resnet
 from curvenet_dist.models.dynamic_loss import DynamicLossTraining
 from curvenet_dist.models.weighting import CurveNet, MetaWeightNet
@@ -217,7 +217,7 @@ def test_fast_meta_iteration_matches_reference_mwnet_step(weighting, scale, virt
     reference = copy.deepcopy(fast)
     batch = make_batch(1)
     weight_scale = WeightScale(scale, "exact", batch["reference_curves"], batch["reference_labels"],
-                               batch["class_counts"].numpy())
+                               balanced_class_factors(batch["class_counts"].numpy()))
     iteration = MetaIteration(*fast, skip_layers=skip_layers, sync="exact", weight_scale=weight_scale,
                               virtual_rule=virtual_rule)
     # Two iterations: the second's virtual step reads the momentum buffers the first left behind.

@@ -36,7 +36,7 @@ def test_the_wrong_label_count_of_each_class_is_near_the_truth_with_a_70_percent
         features, given, true = noisy_long_tailed_set(seed)
         probabilities = LogisticRegression(max_iter=1000).fit(features, given).predict_proba(features)
         losses = -np.log(probabilities[np.arange(len(given)), given])
-        flagged = flag_wrong_labels(losses, given, probabilities.argmax(1), None)
+        flagged = flag_wrong_labels(losses, given, probabilities.argmax(1) != given, None)
         estimated = np.bincount(given[flagged], minlength=4)
         wrong = np.bincount(given[given != true], minlength=4)
         assert wrong[3] == TAIL_WRONG
@@ -68,11 +68,11 @@ def test_a_sample_is_flagged_only_below_its_class_mean_and_when_another_class_is
     p = np.array([0.9, 0.4, 0.2, 0.4, 0.1, 0.3])
     labels = np.array([0, 0, 0, 1, 1, 1])
     predictions = np.array([1, 1, 0, 0, 0, 0])
-    assert flag_wrong_labels(-np.log(p), labels, predictions, None).tolist() == [
+    assert flag_wrong_labels(-np.log(p), labels, predictions != labels, None).tolist() == [
         False, True, False, False, True, False]
     # With the probe's mean margins, a sample the probe saw under its given label (margin >= 0) is not flagged.
     margins = np.array([-1.0, 0.5, -1.0, -1.0, -0.2, -1.0])
-    assert flag_wrong_labels(-np.log(p), labels, predictions, margins).tolist() == [
+    assert flag_wrong_labels(-np.log(p), labels, predictions != labels, margins).tolist() == [
         False, False, False, False, True, False]
     assert flagged_scores(np.array([True, True, False]), np.array([True, False, True])) == {
         "flagged_precision": 0.5, "flagged_recall": 0.5, "flagged_f1": 0.5}

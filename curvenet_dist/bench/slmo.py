@@ -33,7 +33,7 @@ from curvenet_dist.engine.distributed import exit_without_finalization
 from curvenet_dist.engine.launch import torchrun_command
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.slmo import split_layers
-from curvenet_dist.meta.weight_scale import WeightScale
+from curvenet_dist.meta.weight_scale import WeightScale, balanced_class_factors
 from curvenet_dist.meta.weighting_optimizer import weighting_optimizer
 from curvenet_dist.models.weighting import CurveNet
 
@@ -90,7 +90,7 @@ class Step:
         scale_samples = settings.scale_samples
         scale = WeightScale(settings.weight_scale, config.meta.sync,
                             torch.randn(scale_samples, curve_length, device=device),
-                            torch.randint(0, NUM_CLASSES, (scale_samples,), device=device), np.full(NUM_CLASSES, 100))
+                            torch.randint(0, NUM_CLASSES, (scale_samples,), device=device), balanced_class_factors(np.full(NUM_CLASSES, 100)))
         data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
                                                  else None, forward_sync_buffers=False) if world_size > 1 else None)
         size, batch, meta_batch = config.data.image_size, config.data.batch_size, config.meta.batch_size

@@ -33,6 +33,16 @@ def balanced_class_factors(class_counts: np.ndarray) -> torch.Tensor:
     return factors
 
 
+def noise_aware_class_factors(class_counts: np.ndarray, wrong_fraction: np.ndarray) -> torch.Tensor:
+    """Class-balanced CE's factor for each class's estimated clean share and CE's (1) for its estimated wrong
+    share, (1 - f_c) N / (C n_c) + f_c, rescaled to a mean weight of 1: a class whose labels look mostly wrong
+    gets CE's total instead of multiplying its wrong labels."""
+    counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64)
+    wrong = torch.as_tensor(np.asarray(wrong_fraction), dtype=torch.float64)
+    factors = (1 - wrong) * balanced_class_factors(class_counts) + wrong * (counts > 0)
+    return factors * counts.sum() / (factors * counts).sum()
+
+
 def class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Mean of `values` per class (differentiable; 0 for a class absent from `labels`)."""
     sums = values.new_zeros(num_classes).index_add(0, labels, values)
@@ -43,14 +53,13 @@ def class_means(values: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
 
 class WeightScale:
     def __init__(self, mode: str, sync: str = "exact", reference_curves: torch.Tensor | None = None,
-                 reference_labels: torch.Tensor | None = None, class_counts: np.ndarray | None = None):
+                 reference_labels: torch.Tensor | None = None, class_factors: torch.Tensor | None = None):
         """`mode`: a weight scale its method's config has checked (`none`, `batch`, `dataset` or `class`).
         `dataset` and `class` take the fixed reference sample's inputs and labels (reference_sample), `class`
-        also the training set's class counts."""
+        also each class's factor (the class's total over its count)."""
         self.mode, self.sync = mode, sync
         self.reference_curves, self.reference_labels = reference_curves, reference_labels
-        self.class_factors = (balanced_class_factors(class_counts).to(reference_curves)
-                              if mode == "class" else None)
+        self.class_factors = class_factors.to(reference_curves) if mode == "class" else None
 
     def __call__(self, weights: torch.Tensor, weighting_net: nn.Module | None, labels: torch.Tensor) -> torch.Tensor:
         """`weights` (of samples with given `labels`) divided by the chosen mean, differentiably when `weights`

@@ -7,11 +7,13 @@ import numpy as np
 import torch
 
 from curvenet_dist.curves.features import curve_features
+from curvenet_dist.curves.wrong_labels import probe_wrong_label_fraction
 from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.meta.meta_batches import MetaBatches
 from curvenet_dist.meta.meta_iteration import WeightedCrossEntropy
 from curvenet_dist.meta.settling import WeightSettling
-from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
+from curvenet_dist.meta.weight_scale import (WeightScale, balanced_class_factors, noise_aware_class_factors,
+                                              reference_sample)
 from curvenet_dist.methods.base import AllocateSetup, EpochPlan, TrainingLoss
 from curvenet_dist.methods.meta_learned import MetaLearnedMethod
 from curvenet_dist.models.weighting import CurveNet
@@ -27,6 +29,7 @@ class CurveNetMethod(MetaLearnedMethod):
         self.meta_table = self._select_meta_table()
         features = curve_features(setup.store, settings.skip_epochs, settings.normalize_std)
         self.curves = torch.from_numpy(features).to(setup.device)
+        self.wrong_fraction = probe_wrong_label_fraction(setup.store, setup.splits.num_classes)
         torch.manual_seed(config.run.seed)
         self._adopt(CurveNet(self.curves.shape[1], setup.splits.num_classes, settings.embedding_dim,
                              tuple(settings.curve_hidden), tuple(settings.head_hidden)))
@@ -50,7 +53,14 @@ class CurveNetMethod(MetaLearnedMethod):
         ids = reference_sample(train.labels, config.curvenet.scale_samples, config.run.seed, by_class=mode == "class")
         labels = torch.from_numpy(train.labels)[ids].to(self.setup.device)
         return WeightScale(mode, config.meta.sync, self.curves[ids.to(self.setup.device)], labels,
-                           train.class_counts())
+                           self._class_factors() if mode == "class" else None)
+
+    def _class_factors(self) -> torch.Tensor:
+        """Class-balanced CE's factors, moved toward CE's by each class's estimated share of wrong labels."""
+        counts = self.setup.splits.train.class_counts()
+        if self.wrong_fraction is None:
+            return balanced_class_factors(counts)
+        return noise_aware_class_factors(counts, self.wrong_fraction)
 
     def training_loss(self) -> TrainingLoss:
         return self.loss
@@ -101,8 +111,17 @@ class CurveNetMethod(MetaLearnedMethod):
     def final_weights(self, train_losses: np.ndarray) -> np.ndarray:
         return self.weights().cpu().numpy()
 
+    def describe(self) -> str:
+        if self.wrong_fraction is None or self.scale.mode != "class":
+            return super().describe()
+        counts = self.setup.splits.train.class_counts()
+        overall = float(self.wrong_fraction @ counts / counts.sum())
+        return (f"{super().describe()}class totals for {100 * overall:.0f}% estimated wrong labels (per class "
+                f"{100 * self.wrong_fraction.min():.0f}-{100 * self.wrong_fraction.max():.0f}%), ")
+
     def summary(self, weights: np.ndarray) -> dict:
-        return {**super().summary(weights), "meta_epochs": self.meta_epochs()}
+        estimate = {} if self.wrong_fraction is None else {"estimated_wrong_fraction": self.wrong_fraction.tolist()}
+        return {**super().summary(weights), "meta_epochs": self.meta_epochs(), **estimate}
 
     def warnings(self, summary: dict) -> list[str]:
         lines = super().warnings(summary)

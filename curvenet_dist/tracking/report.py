@@ -190,7 +190,7 @@ def write_allocate_report(run_dir: Path, splits: Splits, weights: np.ndarray, tr
     of them under synthetic noise, the audited ones of a prepared dataset; `noise_scored_samples` says how many)."""
     train = splits.train
     np.save(run_dir / "weights.npy", weights.astype(np.float32))
-    flagged = flag_wrong_labels(train_losses, train.labels, train_predictions, probe_margins)
+    flagged = flag_wrong_labels(train_losses, train.labels, train_predictions != train.labels, probe_margins)
     top = write_suspects(run_dir / SUSPECTS_CSV, splits, weights, train_predictions,
                          suspect_scores(train_losses, probe_margins), flagged)
     log_to_active_run(draw_suspects(top, train.image_root, run_dir / SUSPECTS_FIGURE))

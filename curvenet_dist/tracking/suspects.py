@@ -40,13 +40,14 @@ def class_thresholds(p_given: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
 
 
-def flag_wrong_labels(losses: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+def flag_wrong_labels(losses: np.ndarray, labels: np.ndarray, predicts_other: np.ndarray,
                       probe_margins: np.ndarray | None) -> np.ndarray:
-    """The samples whose given label looks wrong: p(given|x) below their class's t_c, another class predicted and,
+    """The samples whose given label looks wrong: p(given|x) below their class's t_c, another class predicted
+    (`predicts_other`) and,
     with the probe's mean margins, a negative one. The final classifier alone over-counts the clean samples it has
     not learned; the probe, which fitted them, disagrees on those (DESIGN §8)."""
     p_given = given_label_probability(losses)
-    flagged = (p_given < class_thresholds(p_given, labels)[labels]) & (predictions != labels)
+    flagged = (p_given < class_thresholds(p_given, labels)[labels]) & predicts_other
     return flagged if probe_margins is None else flagged & (probe_margins < 0)
 
 
@@ -55,3 +56,4 @@ def flagged_scores(flagged: np.ndarray, mislabeled: np.ndarray) -> dict[str, flo
     precision, recall, f1, _ = precision_recall_fscore_support(mislabeled, flagged, average="binary",
                                                                zero_division=0)
     return {"flagged_precision": float(precision), "flagged_recall": float(recall), "flagged_f1": float(f1)}
+

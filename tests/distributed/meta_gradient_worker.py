@@ -14,7 +14,7 @@ from torch import nn
 
 from curvenet_dist.engine.distributed import exit_without_finalization
 from curvenet_dist.meta.meta_iteration import MetaIteration
-from curvenet_dist.meta.weight_scale import WeightScale
+from curvenet_dist.meta.weight_scale import WeightScale, balanced_class_factors
 from curvenet_dist.models.cifar_resnet import cifar_resnet
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining
 from curvenet_dist.models.staged import StagedNet
@@ -148,7 +148,7 @@ def main() -> None:
         model = copy.deepcopy(initial[case.backbone])
         weighting_net = build_weighting_net(case.weighting)
         scale = WeightScale(case.scale, case.sync, batch["reference_curves"], batch["reference_labels"],
-                            batch["class_counts"].numpy())
+                            balanced_class_factors(batch["class_counts"].numpy()))
         # The stem's gradient comes last in the backward; registered before MetaIteration's own hooks, this one sees
         # how many gradient buckets were already being reduced by then.
         in_flight_at_stem = []
