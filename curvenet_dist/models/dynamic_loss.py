@@ -1,9 +1,10 @@
 """Dynamic Loss (Jiang et al.): a label corrector and a margin generator, meta-learned like CurveNet (DESIGN.md §6).
 
-The corrector maps a sample's loss-rank bucket within its given class, and that class, to a trust weight w in
-(0, 1); the corrected target is w * onehot(given) + (1 - w) * onehot(y_pred), y_pred a sample of the classifier's
-own prediction. The generator gives per-class additive logit margins m, used in training only. The training loss is
-soft-CE(z + m, corrected target).
+The corrector maps a sample's loss-rank bucket within its given class, taken as the bucket's place in (0, 1), and
+that class to a trust weight w in (0, 1): what a meta step learns of one rank serves its neighbouring ranks, so a
+few hundred meta steps shape it (DESIGN.md §9). The corrected target is w * onehot(given) + (1 - w) *
+onehot(y_pred), y_pred a sample of the classifier's own prediction. The generator gives per-class additive logit
+margins m, used in training only. The training loss is soft-CE(z + m, corrected target).
 """
 from __future__ import annotations
 
@@ -31,14 +32,15 @@ class DynamicLoss(nn.Module):
     def __init__(self, num_classes: int, buckets: int = 100, hidden: int = 64):
         super().__init__()
         self.num_classes, self.buckets = num_classes, buckets
-        self.bucket_embedding = nn.Parameter(nn.init.xavier_uniform_(torch.empty(buckets, hidden)))
+        self.rank_input = nn.Linear(1, hidden)
         self.corrector = _mlp(hidden, num_classes, INITIAL_TRUST_LOGIT)
         self.class_feature = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, hidden)))
         self.generator = _mlp(hidden, num_classes, INITIAL_MARGIN)
 
     def trust(self, buckets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """w [B] in (0, 1): the corrector's output for each sample's rank bucket, the given class's column."""
-        logits = self.corrector(self.bucket_embedding[buckets])
+        ranks = (buckets.to(self.rank_input.weight.dtype) + 0.5) / self.buckets
+        logits = self.corrector(torch.relu(self.rank_input(ranks.unsqueeze(1))))
         return torch.sigmoid(logits.gather(1, labels.unsqueeze(1))).squeeze(1)
 
     def margins(self) -> torch.Tensor:
