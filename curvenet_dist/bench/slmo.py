@@ -90,7 +90,8 @@ class Step:
         scale_samples = settings.scale_samples
         scale = WeightScale(settings.weight_scale, config.meta.sync,
                             torch.randn(scale_samples, curve_length, device=device),
-                            torch.randint(0, NUM_CLASSES, (scale_samples,), device=device), balanced_class_factors(np.full(NUM_CLASSES, 100)))
+                            torch.randint(0, NUM_CLASSES, (scale_samples,), device=device),
+                            balanced_class_factors(np.full(NUM_CLASSES, 100)))
         data_parallel = (DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda"
                                                  else None, forward_sync_buffers=False) if world_size > 1 else None)
         size, batch, meta_batch = config.data.image_size, config.data.batch_size, config.meta.batch_size

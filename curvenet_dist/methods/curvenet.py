@@ -112,8 +112,10 @@ class CurveNetMethod(MetaLearnedMethod):
         return self.weights().cpu().numpy()
 
     def describe(self) -> str:
-        if self.wrong_fraction is None or self.scale.mode != "class":
+        if self.scale.mode != "class":
             return super().describe()
+        if self.wrong_fraction is None:
+            return f"{super().describe()}class-balanced totals (the probe's store holds no margins to estimate from), "
         counts = self.setup.splits.train.class_counts()
         overall = float(self.wrong_fraction @ counts / counts.sum())
         return (f"{super().describe()}class totals for {100 * overall:.0f}% estimated wrong labels (per class "
