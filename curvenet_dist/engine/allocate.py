@@ -169,7 +169,7 @@ class AllocateTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         plan = self.method.start_epoch(epoch, start_batch)
-        plan.loader.set_epoch(epoch, start_batch, plan.rows)
+        plan.loader.set_epoch(epoch, start_batch)
         batches = len(plan.loader) + start_batch
         self.progress.start_epoch(epoch, batches)
         totals = EpochTotals(device)

@@ -54,8 +54,6 @@ class EpochPlan:
     """Per-sample weights indexed by sample id, used as they are (None: the method's training loss decides)."""
     inputs: torch.Tensor | None = None
     """The method's per-sample inputs, indexed by sample id (CurveNet's curves, Dynamic Loss's bucket and sample)."""
-    rows: np.ndarray | None = None
-    """The sample ids the epoch trains on (None: all of `loader`'s table)."""
 
 
 class Method:

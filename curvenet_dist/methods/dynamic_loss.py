@@ -1,7 +1,7 @@
 """Dynamic Loss (DESIGN.md §6): a label corrector and a margin generator, meta-learned each epoch on a hierarchical
-sample of the training set (plus, with dynamic_loss.clean_meta, the clean meta set), which that epoch trains
-without. Samples are ranked by their loss in the last epoch's training pass, which also draws each sample's y_pred
-from its logits there: no probe and no extra pass is needed."""
+sample of the training set (plus, with dynamic_loss.clean_meta, the clean meta set), which that epoch trains on
+with its given labels. Samples are ranked by their loss in the last epoch's training pass, which also draws each
+sample's y_pred from its logits there: no probe and no extra pass is needed."""
 from __future__ import annotations
 
 import numpy as np
@@ -48,7 +48,8 @@ class DynamicLossMethod(MetaLearnedMethod):
 
     def start_epoch(self, epoch: int, start_batch: int) -> EpochPlan:
         """The reference's warm-up epochs train plain CE (while the corrector learns the given labels); after it,
-        the epoch's hierarchical meta sample is drawn and the epoch trains on the rest, until the freeze."""
+        until the freeze, the epoch's hierarchical meta sample is drawn and trains with its given labels (its y_pred
+        is its given label, so no trust can move its target), the rest with the corrected ones."""
         frozen = self._freeze_if_due(epoch)
         self.warm = epoch < self.settings.warmup_epochs and not frozen
         self.meta_learning = not (self.warm or frozen)
@@ -58,8 +59,9 @@ class DynamicLossMethod(MetaLearnedMethod):
         ones = torch.ones(len(self.setup.splits.train), device=self.setup.device) if self.warm else None
         if not self.meta_learning:
             return EpochPlan(self.setup.train_loader, fixed_weights=ones, inputs=inputs)
-        train_rows = self._draw_meta_set(losses, epoch, start_batch)
-        return EpochPlan(self.setup.train_loader, inputs=inputs, rows=train_rows)
+        meta_rows = torch.from_numpy(self._draw_meta_set(losses, epoch, start_batch)).to(self.setup.device)
+        inputs[meta_rows, 1] = self.setup.train_labels()[meta_rows]
+        return EpochPlan(self.setup.train_loader, inputs=inputs)
 
     def _sample_losses(self) -> np.ndarray:
         """Every sample's loss as the epoch starts. The first epoch, with nothing recorded yet, takes one evaluation
@@ -79,13 +81,13 @@ class DynamicLossMethod(MetaLearnedMethod):
 
     def _draw_meta_set(self, losses: np.ndarray, epoch: int, start_batch: int) -> np.ndarray:
         """Draws the epoch's hierarchical meta sample (with the clean set, if any) into the meta batches; returns
-        the training rows left."""
+        the sample's training rows."""
         setup, train = self.setup, self.setup.splits.train
         meta_rows = hierarchical_sample(losses, train.labels, setup.splits.num_classes, setup.config.run.seed, epoch)
         self.meta_batches = MetaBatches(self.meta_pool_loader, np.concatenate([meta_rows, self.clean_rows]))
         # Each epoch's meta set is new; its shuffle starts at the epoch's number, or where a resumed epoch left it.
         self.meta_batches.load_state_dict(self.resumed_meta_position if start_batch else {"epoch": epoch, "batch": 0})
-        return np.setdiff1d(train.ids, meta_rows)
+        return meta_rows
 
     def before_step(self, epoch: int, batch: int, labels: torch.Tensor, inputs: torch.Tensor | None,
                     ids: torch.Tensor) -> None:
@@ -105,8 +107,7 @@ class DynamicLossMethod(MetaLearnedMethod):
         self.recorded.append((ids, result.losses.float(), predicted))
 
     def end_epoch(self, train_metrics: dict[str, float]) -> None:
-        """The epoch's recordings from every rank replace those samples' losses and predictions; a sample it did
-        not train on (its meta sample) keeps its earlier ones."""
+        """The epoch's recordings from every rank replace those samples' losses and predictions."""
         super().end_epoch(train_metrics)
         if not self.recorded:
             return
