@@ -396,7 +396,7 @@ class DynamicLossConfig(MetaLearningConfig):
     buckets: int = 100
     """How many loss-rank buckets per class the label corrector tells apart."""
     hidden: int = 64
-    """Width of the class embedding and of the margin generator's hidden layers."""
+    """Width of the bucket and class embeddings and of the corrector's and generator's hidden layers."""
     warmup_epochs: int = 5
     """Plain CE epochs first, in which the corrector learns to reproduce the given labels."""
     warmup_corrector_steps: int = 0

@@ -1,12 +1,10 @@
 """Dynamic Loss (Jiang et al.): a label corrector and a margin generator, meta-learned like CurveNet (DESIGN.md §6).
 
-The corrector maps a sample's loss-rank bucket within its given class, taken as its place u in (0, 1), and that
-class to a trust weight w in (0, 1). Its trust logit falls as u rises: a per-class start minus a sum of ramps
-relu(u - k / RAMPS) with non-negative slopes, so a meta step can only learn how much a class's high-loss samples
-are distrusted, never to trust them more than its low-loss ones (DESIGN.md §9). The corrected target is
-w * onehot(given) + (1 - w) * onehot(y_pred), y_pred a sample of the classifier's own prediction. The generator
-gives per-class additive logit margins m, used in training only. The training loss is soft-CE(z + m, corrected
-target).
+The corrector maps a sample's loss-rank bucket within its given class, taken as the bucket's place in (0, 1), and
+that class to a trust weight w in (0, 1): what a meta step learns of one rank serves its neighbouring ranks, so a
+few hundred meta steps shape it (DESIGN.md §9). The corrected target is w * onehot(given) + (1 - w) *
+onehot(y_pred), y_pred a sample of the classifier's own prediction. The generator gives per-class additive logit
+margins m, used in training only. The training loss is soft-CE(z + m, corrected target).
 """
 from __future__ import annotations
 
@@ -16,11 +14,6 @@ from torch.nn import functional as F
 
 # The reference's initial corrector bias: every trust weight starts near sigmoid(3.98) = 0.98 (trust the labels).
 INITIAL_TRUST_LOGIT = 3.98
-# Ramps of the trust logit, starting at u = 0, 1 / RAMPS, ...: enough for a smooth fall at 100 buckets.
-RAMPS = 10
-# Each ramp's initial slope, softplus(-3) = 0.05: the trust falls by 0.27 logits over all ranks, so every weight
-# starts near the reference's 0.98 and the meta steps decide how fast it falls.
-INITIAL_SLOPE_PARAMETER = -3.0
 # The reference's initial margin bias: equal margins for every class, which leave the softmax unchanged.
 INITIAL_MARGIN = 1.0
 
@@ -39,18 +32,16 @@ class DynamicLoss(nn.Module):
     def __init__(self, num_classes: int, buckets: int = 100, hidden: int = 64):
         super().__init__()
         self.num_classes, self.buckets = num_classes, buckets
-        self.trust_start = nn.Parameter(torch.full((num_classes,), INITIAL_TRUST_LOGIT))
-        self.trust_slopes = nn.Parameter(torch.full((num_classes, RAMPS), INITIAL_SLOPE_PARAMETER))
-        self.register_buffer("ramp_starts", torch.arange(RAMPS) / RAMPS, persistent=False)
+        self.rank_input = nn.Linear(1, hidden)
+        self.corrector = _mlp(hidden, num_classes, INITIAL_TRUST_LOGIT)
         self.class_feature = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, hidden)))
         self.generator = _mlp(hidden, num_classes, INITIAL_MARGIN)
 
     def trust(self, buckets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """w [B] in (0, 1): the corrector's output for each sample's rank bucket, the given class's column."""
-        ranks = (buckets.to(self.trust_start.dtype) + 0.5) / self.buckets
-        ramps = torch.relu(ranks.unsqueeze(1) - self.ramp_starts)
-        fall = (F.softplus(self.trust_slopes[labels]) * ramps).sum(1)
-        return torch.sigmoid(self.trust_start[labels] - fall)
+        ranks = (buckets.to(self.rank_input.weight.dtype) + 0.5) / self.buckets
+        logits = self.corrector(torch.relu(self.rank_input(ranks.unsqueeze(1))))
+        return torch.sigmoid(logits.gather(1, labels.unsqueeze(1))).squeeze(1)
 
     def margins(self) -> torch.Tensor:
         """m [C]: the additive logit margin of each class."""
