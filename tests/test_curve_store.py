@@ -231,6 +231,28 @@ def margin_store(path, samples=3000, epochs=6, classes=5, seed=0):
     return store
 
 
+@pytest.mark.parametrize("normalize_std", [False, True])
+def test_curvenet_reads_the_margin_curve_beside_the_loss_curve(tmp_path, normalize_std):
+    from curvenet_dist.curves.features import class_normalized_curves
+
+    store = margin_store(tmp_path / "c.zarr")
+    features = class_normalized_curves(store, 2, normalize_std)
+    assert features.dtype == np.float32 and features.shape == (3000, 8)
+    for block, recorded in enumerate((store.loss, store.margin)):
+        expected = reference_features(recorded[:, 2:].astype(np.float64), store.labels, normalize_std)
+        np.testing.assert_allclose(features[:, 4 * block:4 * (block + 1)], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_saved_features_are_not_read_once_a_margin_chunk_changed_on_disk(tmp_path):
+    from curvenet_dist.curves.features import class_normalized_curves, curve_features
+
+    store = margin_store(tmp_path / "c.zarr")
+    curve_features(store, 2, False)
+    # Another margin column with the same losses: as if the store's margins were copied in from elsewhere.
+    store.margin[:, 3] = store.margin[:, 3] + 1.0 + np.arange(3000, dtype=np.float32)
+    np.testing.assert_array_equal(curve_features(store, 2, False), class_normalized_curves(store, 2, False))
+
+
 def test_margins_are_written_beside_the_losses_and_forgotten_with_them(tmp_path):
     from curvenet_dist.curves.features import mean_margin
 
@@ -257,11 +279,12 @@ def test_a_damaged_margin_chunk_is_named_like_a_damaged_loss_chunk(tmp_path, dam
     store = margin_store(tmp_path / "c.zarr")
     damage(tmp_path / "c.zarr" / "margin" / "c" / "0" / "3")
     assert store.damage(range(6)) == {3: f"chunk margin/c/0/3 {problem}"}, "the probe records epoch 4 again"
-    with pytest.raises(CurveStoreError, match=rf"c.zarr: probe epochs \[4\] are damaged \(epoch 4: chunk margin/c/0/3 "
-                                              rf"{problem}\); rerun the probe command, which records them again$"):
-        mean_margin(store)
-    # The losses the allocate stage reads are whole.
-    assert class_normalized_curves(store, 2, True).shape == (3000, 4)
+    # CurveNet reads the margins beside the losses: it stops at the same line.
+    for read in (lambda: mean_margin(store), lambda: class_normalized_curves(store, 2, True)):
+        with pytest.raises(CurveStoreError, match=rf"c.zarr: probe epochs \[4\] are damaged \(epoch 4: chunk "
+                                                  rf"margin/c/0/3 {problem}\); rerun the probe command, which records "
+                                                  rf"them again$"):
+            read()
 
 
 def test_a_store_recorded_before_margins_opens_for_the_allocate_stage(tmp_path):

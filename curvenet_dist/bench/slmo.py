@@ -78,7 +78,8 @@ class Step:
     def __init__(self, config: Config, device: torch.device, world_size: int):
         self.device = device
         self.model = build_model(config, NUM_CLASSES, device)
-        curve_length = config.probe.epochs - config.curvenet.skip_epochs
+        # The loss and the margin curve of every probe epoch after the skipped ones (DESIGN.md §3).
+        curve_length = 2 * (config.probe.epochs - config.curvenet.skip_epochs)
         settings = config.curvenet
         self.weighting_net = CurveNet(curve_length, NUM_CLASSES, settings.embedding_dim, tuple(settings.curve_hidden),
                                       tuple(settings.head_hidden)).to(device)

@@ -1,6 +1,6 @@
 """What the allocate stage reads from the curve store: CurveNet's input (DESIGN.md §3, paper eqs. 7-8), each
 sample's loss curve without its first S epochs centred on the mean curve of the samples that share its given
-label, and the lowest-loss meta set.
+label, and its logit-margin curve likewise where the store records margins; and the lowest-loss meta set.
 
 Both work one store column at a time (a column is a few MB even at a million samples), with vectorised per-class
 sums, so memory stays near the size of the result and no step loops over samples in Python.
@@ -37,7 +37,9 @@ def _check_curves(store: CurveStore, skip_epochs: int) -> None:
 
 
 def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: bool) -> np.ndarray:
-    """[N, T - S] float32: lbar_{i,t} = l_{i,t} - mu_{y_i,t}, optionally divided by the class's std at t.
+    """[N, T - S] float32, or [N, 2 (T - S)] where the store records margins (the loss columns, then the margin
+    columns): lbar_{i,t} = l_{i,t} - mu_{y_i,t}, optionally divided by the class's std at t, and the same of the
+    margins.
 
     Class statistics are float64 sums in sample order; only the columns S..T-1 are read from the store.
     """
@@ -50,13 +52,16 @@ def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: 
         sums = np.bincount(labels, weights=values, minlength=len(counts))
         return np.divide(sums, counts, out=np.zeros_like(sums), where=present)
 
-    features = np.empty((store.num_samples, store.num_epochs - skip_epochs), np.float32)
-    for column, epoch in enumerate(range(skip_epochs, store.num_epochs)):
-        centred = store.read_epoch(epoch).astype(np.float64)
-        centred -= class_mean(centred)[labels]
-        if normalize_std:
-            centred /= np.maximum(np.sqrt(class_mean(centred**2))[labels], 1e-8)
-        features[:, column] = centred
+    epochs = range(skip_epochs, store.num_epochs)
+    arrays = ["loss"] if store.margin is None else ["loss", "margin"]
+    features = np.empty((store.num_samples, len(arrays) * len(epochs)), np.float32)
+    for block, array in enumerate(arrays):
+        for column, epoch in enumerate(epochs):
+            centred = store.read_epoch(epoch, array).astype(np.float64)
+            centred -= class_mean(centred)[labels]
+            if normalize_std:
+                centred /= np.maximum(np.sqrt(class_mean(centred**2))[labels], 1e-8)
+            features[:, block * len(epochs) + column] = centred
     return features
 
 

@@ -1,6 +1,6 @@
-"""CurveNet (DESIGN.md §5): an MLP over each sample's class-normalised probe loss curve plus a label embedding
-gives its weight, meta-learned on the clean meta set until the classifier's first LR decay (or until its weights
-settle), then frozen."""
+"""CurveNet (DESIGN.md §5): an MLP over each sample's class-normalised probe loss and logit-margin curves plus a
+label embedding gives its weight, meta-learned on the clean meta set until the classifier's first LR decay (or
+until its weights settle), then frozen."""
 from __future__ import annotations
 
 import numpy as np

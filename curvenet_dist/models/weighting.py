@@ -50,8 +50,8 @@ class CurveNet(nn.Module):
         if curves is None or curves.dim() != 2 or curves.shape[1] != self.curve_length:
             shape = None if curves is None else tuple(curves.shape)
             raise ValueError(
-                f"CurveNet was built for curves of length {self.curve_length} "
-                f"(probe.epochs - curvenet.skip_epochs) but got curves of shape {shape}"
+                f"CurveNet was built for curves of length {self.curve_length} (probe.epochs - curvenet.skip_epochs, "
+                f"twice that where the probe recorded margins) but got curves of shape {shape}"
             )
         # The reference code adds the label embedding twice: the same as one embedding learning at twice the rate.
         features = self.curve_branch(curves) + 2 * self.label_embedding(labels)
