@@ -38,7 +38,7 @@ def _peak_rss_mb() -> float:
 
 def make_data(folder: Path, samples: int, epochs: int, seed: int = 0) -> None:
     """A prepared-dataset train.csv of `samples` Clothing1M-like paths over a long-tailed label distribution,
-    and a complete curve store of `epochs` columns recorded on it."""
+    and a complete curve store of `epochs` loss and margin columns recorded on it, as the probe writes it."""
     from curvenet_dist.curves.store import CurveStore
     from curvenet_dist.data.sample_table import SampleTable
 
@@ -50,11 +50,12 @@ def make_data(folder: Path, samples: int, epochs: int, seed: int = 0) -> None:
     table.write_csv(folder / "train.csv")
     store = CurveStore.open_or_create(folder / "curves.zarr", fingerprint="scale-bench",
                                       dataset_fingerprint=table.fingerprint(), labels=labels, true_labels=labels,
-                                      num_epochs=epochs)
+                                      num_epochs=epochs, with_margins=True)
     difficulty = rng.gamma(2.0, 0.5, samples).astype(np.float32)
     for epoch in range(epochs):
         decay = np.float32(np.exp(-epoch / 20))
-        store.write_epoch(epoch, difficulty * decay + rng.exponential(0.1, samples).astype(np.float32), lr=0.01)
+        losses = difficulty * decay + rng.exponential(0.1, samples).astype(np.float32)
+        store.write_epoch(epoch, losses, lr=0.01, margins=1.0 - losses)
     CurveStore.open_or_create(folder / "gather.zarr", fingerprint="scale-bench",
                               dataset_fingerprint=table.fingerprint(), labels=labels, true_labels=labels,
                               num_epochs=GATHER_ROUNDS)
@@ -110,9 +111,10 @@ def part_weights(folder: Path, samples: int, epochs: int) -> dict:
     # One thread, as setup_distributed gives each of 2 ranks on a 2-core machine.
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    curves = torch.randn(samples, epochs - SKIP_EPOCHS)
+    # The loss and the margin curve of each sample (DESIGN.md §3).
+    curves = torch.randn(samples, 2 * (epochs - SKIP_EPOCHS))
     labels = torch.randint(0, CLASSES, (samples,))
-    net = CurveNet(epochs - SKIP_EPOCHS, CLASSES)
+    net = CurveNet(curves.shape[1], CLASSES)
     before = _peak_rss_mb()
     times = []
     for _ in range(ROUNDS):
