@@ -121,6 +121,10 @@ class CurveNetMethod(MetaLearnedMethod):
         return (f"{super().describe()}class totals for {100 * overall:.0f}% estimated wrong labels (per class "
                 f"{100 * self.wrong_fraction.min():.0f}-{100 * self.wrong_fraction.max():.0f}%), ")
 
+    def fingerprint(self) -> tuple:
+        # A net over the loss curve alone does not resume as a net over both curves (a store without margins).
+        return (*super().fingerprint(), self.curves.shape[1])
+
     def summary(self, weights: np.ndarray) -> dict:
         estimate = {} if self.wrong_fraction is None else {"estimated_wrong_fraction": self.wrong_fraction.tolist()}
         return {**super().summary(weights), "meta_epochs": self.meta_epochs(), **estimate}
