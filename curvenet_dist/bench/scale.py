@@ -105,14 +105,14 @@ def part_weights(folder: Path, samples: int, epochs: int) -> dict:
     """CurveNet's weight for every sample after the freeze (the curves' values do not change the cost)."""
     import torch
 
+    from curvenet_dist.curves.features import curve_input_length
     from curvenet_dist.engine.batched import weights_by_chunks
     from curvenet_dist.models.weighting import CurveNet
 
     # One thread, as setup_distributed gives each of 2 ranks on a 2-core machine.
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    # The loss and the margin curve of each sample (DESIGN.md §3).
-    curves = torch.randn(samples, 2 * (epochs - SKIP_EPOCHS))
+    curves = torch.randn(samples, curve_input_length(epochs, SKIP_EPOCHS))
     labels = torch.randint(0, CLASSES, (samples,))
     net = CurveNet(curves.shape[1], CLASSES)
     before = _peak_rss_mb()

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from curvenet_dist.config import Config, load_config
+from curvenet_dist.curves.features import curve_input_length
 from curvenet_dist.engine.components import autocast_for, build_model
 from curvenet_dist.engine.distributed import exit_without_finalization
 from curvenet_dist.engine.launch import torchrun_command
@@ -78,8 +79,7 @@ class Step:
     def __init__(self, config: Config, device: torch.device, world_size: int):
         self.device = device
         self.model = build_model(config, NUM_CLASSES, device)
-        # The loss and the margin curve of every probe epoch after the skipped ones (DESIGN.md §3).
-        curve_length = 2 * (config.probe.epochs - config.curvenet.skip_epochs)
+        curve_length = curve_input_length(config.probe.epochs, config.curvenet.skip_epochs)
         settings = config.curvenet
         self.weighting_net = CurveNet(curve_length, NUM_CLASSES, settings.embedding_dim, tuple(settings.curve_hidden),
                                       tuple(settings.head_hidden)).to(device)

@@ -39,6 +39,12 @@ def _check_curves(store: CurveStore, skip_epochs: int) -> None:
 COLUMNS_AT_ONCE = 8
 
 
+def curve_input_length(num_epochs: int, skip_epochs: int, with_margins: bool = True) -> int:
+    """The length of CurveNet's input from a store of `num_epochs`: the loss curve after the skipped epochs, and
+    the margin curve beside it where the store records margins (as every probe run does)."""
+    return (2 if with_margins else 1) * (num_epochs - skip_epochs)
+
+
 def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: bool) -> np.ndarray:
     """[N, T - S] float32, or [N, 2 (T - S)] where the store records margins (the loss columns, then the margin
     columns): lbar_{i,t} = l_{i,t} - mu_{y_i,t}, optionally divided by the class's std at t, and the same of the
@@ -55,8 +61,7 @@ def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: 
         sums = np.bincount(labels, weights=values, minlength=len(counts))
         return np.divide(sums, counts, out=np.zeros_like(sums), where=present)
 
-    arrays = ["loss"] if store.margin is None else ["loss", "margin"]
-    columns = [(array, epoch) for array in arrays for epoch in range(skip_epochs, store.num_epochs)]
+    columns = [(array.path, epoch) for array in store.recordings for epoch in range(skip_epochs, store.num_epochs)]
     features = np.empty((store.num_samples, len(columns)), np.float32)
     # Written COLUMNS_AT_ONCE columns at a time: one column of a row-major [N, D] array is one strided float per
     # row, and at a million rows those writes, not the arithmetic, set the time.
