@@ -301,9 +301,10 @@ class CurveNetConfig(MetaLearningConfig):
     noise detection within the seeds' spread of every iteration's (DESIGN.md §9)."""
     skip_epochs: int = 5
     """S: the first S probe epochs are dropped from each curve."""
-    normalize_std: bool = True
-    """Also divide the class-centred curve by the per-class, per-epoch std (the paper's text; the reference code only
-    centres): every epoch and class on one scale. False: centring only."""
+    curve_normalization: str = "dataset"
+    """Over which samples each epoch of the curves is standardised: `dataset` (every training sample: a wrong label
+    sits below the clean ones in every class, whatever share of its class is wrong), `class` (the samples of its
+    given class, mean and std: the paper's text) or `class_mean` (the same, centring only: the reference code)."""
     embedding_dim: int = 64
     """P: width of the curve feature and of the label embedding."""
     curve_hidden: list[int] = field(default_factory=lambda: [128, 128])
@@ -334,6 +335,8 @@ class CurveNetConfig(MetaLearningConfig):
         # The head's last hidden layer feeds the output layer, so the head needs one.
         _layer_sizes("curvenet.head_hidden", self.head_hidden, allow_empty=False)
         _choice("curvenet.weight_scale", self.weight_scale, ("class", "dataset", "batch", "none"))
+        _choice("curvenet.curve_normalization", self.curve_normalization,
+                ("dataset", "class", "class_mean"))
         _positive("curvenet.settle_tolerance", self.settle_tolerance, allow_zero=True)
         _positive("curvenet.settle_epochs", self.settle_epochs)
         _positive("curvenet.scale_samples", self.scale_samples)
@@ -558,6 +561,8 @@ MOVED_KEYS = {
                          "(Meta-Weight-Net)",
     "meta.scale_samples": "meta.scale_samples has moved: set curvenet.scale_samples",
     "curvenet.mwnet_hidden": "curvenet.mwnet_hidden has moved: set mwnet.hidden",
+    "curvenet.normalize_std": "curvenet.normalize_std has moved: set curvenet.curve_normalization (class: the given "
+                              "class's mean and std, class_mean: its mean only)",
     "dynamic_loss.lr": "dynamic_loss.lr has moved: set dynamic_loss.meta_lr",
     "dynamic_loss.weight_decay": "dynamic_loss.weight_decay has moved: set dynamic_loss.meta_weight_decay",
 }

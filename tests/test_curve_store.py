@@ -51,13 +51,14 @@ def test_a_store_from_another_run_is_refused(tmp_path):
         CurveStore.open(tmp_path / "not-a-store")
 
 
-def reference_features(loss, labels, normalize_std):
-    """DESIGN.md §3 written out in float64 on the whole array, one class at a time."""
+def reference_features(loss, labels, normalization):
+    """DESIGN.md §3 written out in float64 on the whole array, one group of samples at a time."""
+    groups = labels if normalization.startswith("class") else np.zeros_like(labels)
     out = np.empty_like(loss, dtype=np.float64)
-    for c in np.unique(labels):
-        rows = labels == c
+    for c in np.unique(groups):
+        rows = groups == c
         out[rows] = loss[rows] - loss[rows].mean(axis=0)
-        if normalize_std:
+        if normalization != "class_mean":
             out[rows] /= np.maximum(np.sqrt((out[rows] ** 2).mean(axis=0)), 1e-8)
     return out
 
@@ -72,35 +73,35 @@ def random_store(path, samples=3000, epochs=6, classes=5, seed=0):
     return store
 
 
-@pytest.mark.parametrize("normalize_std", [False, True])
-def test_curve_features_are_float32_class_normalised_curves(tmp_path, normalize_std):
-    from curvenet_dist.curves.features import class_normalized_curves
+@pytest.mark.parametrize("normalization", ["dataset", "class", "class_mean"])
+def test_curve_features_are_float32_normalised_curves(tmp_path, normalization):
+    from curvenet_dist.curves.features import normalized_curves
 
     store = random_store(tmp_path / "c.zarr")
-    features = class_normalized_curves(store, 2, normalize_std)
+    features = normalized_curves(store, 2, normalization)
     assert features.dtype == np.float32 and features.shape == (3000, 4)
-    expected = reference_features(store.loss[:, 2:].astype(np.float64), store.labels, normalize_std)
+    expected = reference_features(store.loss[:, 2:].astype(np.float64), store.labels, normalization)
     np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_curve_features_are_saved_beside_the_store_until_a_column_changes(tmp_path):
-    from curvenet_dist.curves.features import class_normalized_curves, curve_features, features_path
+    from curvenet_dist.curves.features import normalized_curves, curve_features, features_path
 
     store = random_store(tmp_path / "c.zarr")
-    features = curve_features(store, 2, False)
-    saved = features_path(store, 2, False)
+    features = curve_features(store, 2, "class_mean")
+    saved = features_path(store, 2, "class_mean")
     assert saved.parent == tmp_path / "c.zarr.features" and [p.name for p in saved.parent.iterdir()] == [saved.name]
-    np.testing.assert_array_equal(features, class_normalized_curves(store, 2, False))
+    np.testing.assert_array_equal(features, normalized_curves(store, 2, "class_mean"))
     features[0, 0] = 123.0  # copy-on-write: the saved file stays as it was
-    np.testing.assert_array_equal(curve_features(store, 2, False), class_normalized_curves(store, 2, False))
+    np.testing.assert_array_equal(curve_features(store, 2, "class_mean"), normalized_curves(store, 2, "class_mean"))
 
     store.write_epoch(5, np.zeros(3000, np.float32), lr=0.1)
     assert not saved.exists(), "features of the old column are forgotten"
-    np.testing.assert_array_equal(curve_features(store, 2, False)[:, -1], class_normalized_curves(store, 2, False)[:, -1])
+    np.testing.assert_array_equal(curve_features(store, 2, "class_mean")[:, -1], normalized_curves(store, 2, "class_mean")[:, -1])
     store.discard_from(5)
     assert not saved.exists()
     with pytest.raises(CurveStoreError, match=r"probe epochs \[6\] are not recorded \(5 of 6 are\)"):
-        curve_features(store, 2, False)
+        curve_features(store, 2, "class_mean")
 
 
 def test_lowest_loss_rows_are_the_k_lowest_mean_losses_of_each_class(tmp_path):
@@ -131,7 +132,7 @@ def test_a_probe_folder_the_features_cannot_be_saved_in_is_named(tmp_path):
     store = random_store(tmp_path / "c.zarr")
     store.features_dir.write_text("a file where the features folder goes")
     with pytest.raises(CurveStoreError, match="cannot save the curve features beside .*c.zarr"):
-        curve_features(store, 2, False)
+        curve_features(store, 2, "class_mean")
 
 
 def flip_bytes(chunk_file):
@@ -141,13 +142,13 @@ def flip_bytes(chunk_file):
 
 
 def test_flipped_bytes_in_a_chunk_stop_every_reader_with_one_line(tmp_path):
-    from curvenet_dist.curves.features import class_normalized_curves, lowest_loss_rows
+    from curvenet_dist.curves.features import normalized_curves, lowest_loss_rows
 
     store = random_store(tmp_path / "c.zarr")
     flip_bytes(tmp_path / "c.zarr" / "loss" / "c" / "0" / "3")
     expected = (r"c.zarr: probe epochs \[4\] are damaged \(epoch 4: chunk loss/c/0/3 fails its checksum\); rerun the "
                 r"probe command, which records them again$")
-    for read in (lambda: lowest_loss_rows(store, 7), lambda: class_normalized_curves(store, 2, True)):
+    for read in (lambda: lowest_loss_rows(store, 7), lambda: normalized_curves(store, 2, "dataset")):
         with pytest.raises(CurveStoreError, match=expected) as error:
             read()
         assert "\n" not in str(error.value)
@@ -164,30 +165,30 @@ def test_a_missing_chunk_is_named_instead_of_read_as_nan(tmp_path):
     with pytest.raises(CurveStoreError, match=expected):
         mean_probe_loss(store)
     with pytest.raises(CurveStoreError, match=expected):
-        curve_features(store, 2, False)
+        curve_features(store, 2, "class_mean")
     assert store.complete_epochs().tolist() == list(range(6)), "reading marks nothing; the probe records them again"
 
 
 def test_saved_features_are_never_reused_for_other_content(tmp_path):
-    from curvenet_dist.curves.features import class_normalized_curves, curve_features
+    from curvenet_dist.curves.features import normalized_curves, curve_features
 
     store = random_store(tmp_path / "c.zarr", seed=0)
-    curve_features(store, 2, True)
+    curve_features(store, 2, "dataset")
     # Another recording of the same run copied over the store: same fingerprint, other losses.
     random_store(tmp_path / "other.zarr", seed=1)
     shutil.rmtree(tmp_path / "c.zarr")
     shutil.copytree(tmp_path / "other.zarr", tmp_path / "c.zarr")
     copied = CurveStore.open(tmp_path / "c.zarr", mode="r")
-    np.testing.assert_array_equal(curve_features(copied, 2, True), class_normalized_curves(copied, 2, True))
+    np.testing.assert_array_equal(curve_features(copied, 2, "dataset"), normalized_curves(copied, 2, "dataset"))
     # A chunk lost after the features were saved: the saved features are not read in its place.
     (tmp_path / "c.zarr" / "loss" / "c" / "0" / "5").unlink()
     with pytest.raises(CurveStoreError, match=r"epoch 6: chunk loss/c/0/5 is missing"):
-        curve_features(copied, 2, True)
+        curve_features(copied, 2, "dataset")
 
 
 def test_a_store_written_without_checksums_still_opens_and_is_checked(tmp_path):
     """The layout of the stores written before each chunk carried a checksum: Zarr's default codecs."""
-    from curvenet_dist.curves.features import class_normalized_curves, lowest_loss_rows
+    from curvenet_dist.curves.features import normalized_curves, lowest_loss_rows
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 500)
@@ -201,8 +202,8 @@ def test_a_store_written_without_checksums_still_opens_and_is_checked(tmp_path):
     group.attrs.update({"fingerprint": "f", "dataset_fingerprint": "d", "num_samples": 500, "num_epochs": 4})
 
     store = CurveStore.open(tmp_path / "old.zarr", mode="r")
-    np.testing.assert_allclose(class_normalized_curves(store, 1, False),
-                               reference_features(loss[:, 1:].astype(np.float64), labels, False), atol=1e-5)
+    np.testing.assert_allclose(normalized_curves(store, 1, "class_mean"),
+                               reference_features(loss[:, 1:].astype(np.float64), labels, "class_mean"), atol=1e-5)
     (tmp_path / "old.zarr" / "loss" / "c" / "0" / "2").unlink()
     with pytest.raises(CurveStoreError, match=r"probe epochs \[3\] are damaged \(epoch 3: chunk loss/c/0/2 is missing"):
         lowest_loss_rows(store, 5)
@@ -231,26 +232,26 @@ def margin_store(path, samples=3000, epochs=6, classes=5, seed=0):
     return store
 
 
-@pytest.mark.parametrize("normalize_std", [False, True])
-def test_curvenet_reads_the_margin_curve_beside_the_loss_curve(tmp_path, normalize_std):
-    from curvenet_dist.curves.features import class_normalized_curves
+@pytest.mark.parametrize("normalization", ["dataset", "class", "class_mean"])
+def test_curvenet_reads_the_margin_curve_beside_the_loss_curve(tmp_path, normalization):
+    from curvenet_dist.curves.features import normalized_curves
 
     store = margin_store(tmp_path / "c.zarr")
-    features = class_normalized_curves(store, 2, normalize_std)
+    features = normalized_curves(store, 2, normalization)
     assert features.dtype == np.float32 and features.shape == (3000, 8)
     for block, recorded in enumerate((store.loss, store.margin)):
-        expected = reference_features(recorded[:, 2:].astype(np.float64), store.labels, normalize_std)
+        expected = reference_features(recorded[:, 2:].astype(np.float64), store.labels, normalization)
         np.testing.assert_allclose(features[:, 4 * block:4 * (block + 1)], expected, rtol=1e-6, atol=1e-6)
 
 
 def test_saved_features_are_not_read_once_a_margin_chunk_changed_on_disk(tmp_path):
-    from curvenet_dist.curves.features import class_normalized_curves, curve_features
+    from curvenet_dist.curves.features import normalized_curves, curve_features
 
     store = margin_store(tmp_path / "c.zarr")
-    curve_features(store, 2, False)
+    curve_features(store, 2, "class_mean")
     # Another margin column with the same losses: as if the store's margins were copied in from elsewhere.
     store.margin[:, 3] = store.margin[:, 3] + 1.0 + np.arange(3000, dtype=np.float32)
-    np.testing.assert_array_equal(curve_features(store, 2, False), class_normalized_curves(store, 2, False))
+    np.testing.assert_array_equal(curve_features(store, 2, "class_mean"), normalized_curves(store, 2, "class_mean"))
 
 
 def test_margins_are_written_beside_the_losses_and_forgotten_with_them(tmp_path):
@@ -274,13 +275,13 @@ def test_margins_are_written_beside_the_losses_and_forgotten_with_them(tmp_path)
     (flip_bytes, "fails its checksum"),
 ], ids=["deleted", "flipped"])
 def test_a_damaged_margin_chunk_is_named_like_a_damaged_loss_chunk(tmp_path, damage, problem):
-    from curvenet_dist.curves.features import class_normalized_curves, mean_margin
+    from curvenet_dist.curves.features import normalized_curves, mean_margin
 
     store = margin_store(tmp_path / "c.zarr")
     damage(tmp_path / "c.zarr" / "margin" / "c" / "0" / "3")
     assert store.damage(range(6)) == {3: f"chunk margin/c/0/3 {problem}"}, "the probe records epoch 4 again"
     # CurveNet reads the margins beside the losses: it stops at the same line.
-    for read in (lambda: mean_margin(store), lambda: class_normalized_curves(store, 2, True)):
+    for read in (lambda: mean_margin(store), lambda: normalized_curves(store, 2, "dataset")):
         with pytest.raises(CurveStoreError, match=rf"c.zarr: probe epochs \[4\] are damaged \(epoch 4: chunk "
                                                   rf"margin/c/0/3 {problem}\); rerun the probe command, which records "
                                                   rf"them again$"):
@@ -293,7 +294,7 @@ def test_a_store_recorded_before_margins_opens_for_the_allocate_stage(tmp_path):
     random_store(tmp_path / "old.zarr")  # the layout stores had before the probe recorded margins: no margin array
     assert "margin" not in zarr.open_group(str(tmp_path / "old.zarr"), mode="r").array_keys()
     store = CurveStore.open(tmp_path / "old.zarr", mode="r")
-    assert curve_features(store, 2, False).shape == (3000, 4) and store.damage(range(6)) == {}
+    assert curve_features(store, 2, "class_mean").shape == (3000, 4) and store.damage(range(6)) == {}
     with pytest.raises(CurveStoreError, match="old.zarr holds no logit margins: it was begun before the probe "
                                               "recorded them"):
         mean_margin(store)
@@ -341,3 +342,30 @@ def test_two_ranks_record_each_samples_margin_once_an_epoch_through_an_interrupt
     assert ("probe epochs [4] are damaged (epoch 4: chunk margin/c/0/3 is missing); the probe records epoch 4 and "
             "every later one again") in probe(tmp_path / "resumed")
     np.testing.assert_array_equal(CurveStore.open(tmp_path / "resumed" / "curves.zarr", mode="r").margin[:], margin)
+
+
+def test_a_mostly_mislabeled_class_keeps_its_wrong_labels_where_every_class_has_them(tmp_path):
+    # A small class that is 70% wrong (a head class's errors landed in it) beside classes 10% wrong. Centred on its
+    # own class, its wrong labels sit at the class's centre, among the other classes' clean samples; CurveNet then
+    # has to learn a threshold per class from a few hundred meta steps. Its input puts them with every wrong label.
+    from sklearn.metrics import roc_auc_score
+
+    from curvenet_dist.config import CurveNetConfig
+    from curvenet_dist.curves.features import normalized_curves
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [300, 200, 100])
+    wrong = np.zeros(len(labels), bool)
+    for start, size, count in ((0, 300, 30), (300, 200, 20), (500, 100, 70)):
+        wrong[start + rng.choice(size, count, replace=False)] = True
+    store = CurveStore.open_or_create(tmp_path / "c.zarr", fingerprint="f", dataset_fingerprint="d", labels=labels,
+                                      true_labels=np.where(wrong, (labels + 1) % 3, labels), num_epochs=6)
+    loss_level = np.where(wrong, 2.0, 0.5) + 0.4 * rng.standard_normal(len(labels))
+    for epoch in range(6):
+        store.write_epoch(epoch, (loss_level * np.exp(-epoch / 10)).astype(np.float32), lr=0.1)
+
+    def pooled_auroc(normalization):
+        return roc_auc_score(wrong, normalized_curves(store, 1, normalization).mean(axis=1))
+
+    assert pooled_auroc(CurveNetConfig.curve_normalization) >= 0.99
+    assert pooled_auroc("class") < 0.95, "centred on its own class, the swamped class's wrong labels look clean"

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from curvenet_dist.curves.features import class_normalized_curves, curve_features
+from curvenet_dist.curves.features import normalized_curves, curve_features
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 from tests.conftest import QUICKSTART, TINY, assert_clean_error, torchrun
 from tests.test_curve_store import flip_bytes
@@ -38,11 +38,11 @@ def copy_run(probe_run, tmp_path):
 def test_a_lost_chunk_is_recorded_again_by_the_next_probe_start(probe_run, tmp_path, epoch, resumes_at):
     run_dir = copy_run(probe_run, tmp_path)
     recorded = CurveStore.open(run_dir / "curves.zarr", mode="r").loss[:]
-    curve_features(CurveStore.open(run_dir / "curves.zarr", mode="r"), 1, True)  # saved beside the store
+    curve_features(CurveStore.open(run_dir / "curves.zarr", mode="r"), 1, "dataset")  # saved beside the store
 
     (run_dir / "curves.zarr" / "loss" / "c" / "0" / str(epoch)).unlink()
     with pytest.raises(CurveStoreError, match=rf"epoch {epoch + 1}: chunk loss/c/0/{epoch} is missing"):
-        curve_features(CurveStore.open(run_dir / "curves.zarr", mode="r"), 1, True)
+        curve_features(CurveStore.open(run_dir / "curves.zarr", mode="r"), 1, "dataset")
 
     output = probe(run_dir).stdout
     assert (f"curves.zarr: probe epochs [{epoch + 1}] are damaged (epoch {epoch + 1}: chunk loss/c/0/{epoch} is "
@@ -52,7 +52,7 @@ def test_a_lost_chunk_is_recorded_again_by_the_next_probe_start(probe_run, tmp_p
     assert store.complete_epochs().tolist() == [0, 1, 2]
     # Training replayed from the same state, on CPU with gloo: the very losses recorded the first time.
     np.testing.assert_array_equal(store.loss[:], recorded)
-    np.testing.assert_array_equal(curve_features(store, 1, True), class_normalized_curves(store, 1, True))
+    np.testing.assert_array_equal(curve_features(store, 1, "dataset"), normalized_curves(store, 1, "dataset"))
 
 
 @pytest.mark.parametrize("damage, problem", [

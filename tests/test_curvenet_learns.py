@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from curvenet_dist.config import CurveNetConfig
-from curvenet_dist.curves.features import class_normalized_curves
+from curvenet_dist.curves.features import normalized_curves
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.data.bias import corrupt_labels
 from curvenet_dist.meta.meta_iteration import MetaIteration
@@ -56,12 +56,12 @@ def biased_data(tmp_path_factory):
                                       num_epochs=EPOCHS)
     for epoch, column in enumerate(fig1_curves(true, given, rng).T):
         store.write_epoch(epoch, column, lr=0.1)
-    features = torch.from_numpy(class_normalized_curves(store, SKIP_EPOCHS, CurveNetConfig.normalize_std))
+    features = torch.from_numpy(normalized_curves(store, SKIP_EPOCHS, CurveNetConfig.curve_normalization))
     generator = torch.Generator().manual_seed(0)
     centres = 2.0 * torch.randn(NUM_CLASSES, 3, 2, 2, generator=generator)
     meta_labels = np.repeat(np.arange(NUM_CLASSES), META_PER_CLASS)
     return {"true": true, "given": torch.from_numpy(given), "features": features,
-            "centred_features": torch.from_numpy(class_normalized_curves(store, SKIP_EPOCHS, normalize_std=False)),
+            "centred_features": torch.from_numpy(normalized_curves(store, SKIP_EPOCHS, "class_mean")),
             "images": class_clusters(true, centres, generator),
             "meta_images": class_clusters(meta_labels, centres, generator), "meta_labels": torch.from_numpy(meta_labels)}
 
@@ -121,7 +121,7 @@ def swamped_tail(tmp_path_factory):
     centres = 2.0 * torch.randn(NUM_CLASSES, 3, 2, 2, generator=generator)
     meta_labels = np.repeat(np.arange(NUM_CLASSES), META_PER_CLASS)
     return {"true": true, "given": torch.from_numpy(given),
-            "features": torch.from_numpy(class_normalized_curves(store, SKIP_EPOCHS, CurveNetConfig.normalize_std)),
+            "features": torch.from_numpy(normalized_curves(store, SKIP_EPOCHS, CurveNetConfig.curve_normalization)),
             "images": class_clusters(true, centres, generator),
             "meta_images": class_clusters(meta_labels, centres, generator), "meta_labels": torch.from_numpy(meta_labels)}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from curvenet_dist.curves.features import class_normalized_curves, features_path
+from curvenet_dist.curves.features import normalized_curves, features_path
 from curvenet_dist.curves.store import CurveStore
 from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.engine.launch import torchrun_command
@@ -40,10 +40,10 @@ def test_concurrent_ranks_build_the_features_once_and_read_the_same(tmp_path):
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    expected = class_normalized_curves(store, 1, True)
+    expected = normalized_curves(store, 1, "dataset")
     for rank in range(3):
         np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}.npy"), expected)
-    saved = features_path(store, 1, True)
+    saved = features_path(store, 1, "dataset")
     assert [path.name for path in saved.parent.iterdir()] == [saved.name], "one file, no temporary left"
 
 

@@ -210,7 +210,7 @@ def markdown(cells: list[dict], means: dict, detector: dict, arguments: argparse
              f"Mean ± std over seeds {arguments.seeds}. Noise AUROC: mislabeled = positive, score = 1 - weight; "
              "beside it the trivial detector's: a sample's mean probe loss on the same curve store. Within-class: "
              "the AUROC inside each given-label class, averaged over the classes (blind to how whole classes "
-             "compare, as a weight from class-centred curves is).", "",
+             "compare, as a class-relative weight is).", "",
              "## Mean over cells (MA: the paper's mean accuracy)", "", header.replace("test acc", "MA"),
              *rows(means, detector)]
     for cell in cells:

@@ -76,11 +76,11 @@ def part_features(folder: Path) -> dict:
     store = CurveStore.open(folder / "curves.zarr", mode="r")
     before = _peak_rss_mb()
     start = time.perf_counter()
-    features = curve_features(store, SKIP_EPOCHS, normalize_std=CurveNetConfig.normalize_std)
+    features = curve_features(store, SKIP_EPOCHS, CurveNetConfig.curve_normalization)
     seconds = time.perf_counter() - start
     peak_mb = _peak_rss_mb() - before
     start = time.perf_counter()
-    saved = curve_features(store, SKIP_EPOCHS, normalize_std=CurveNetConfig.normalize_std)
+    saved = curve_features(store, SKIP_EPOCHS, CurveNetConfig.curve_normalization)
     saved_s = time.perf_counter() - start
     assert saved.shape == features.shape
     store.forget_features()
@@ -208,7 +208,7 @@ def worker_startup(folder: Path) -> dict:
     store = CurveStore.open(folder / "curves.zarr", mode="r")
     assert store.dataset_fingerprint == table.fingerprint()
     meta = table.select(lowest_loss_rows(store, META_PER_CLASS))
-    features = curve_features(store, SKIP_EPOCHS, normalize_std=CurveNetConfig.normalize_std)
+    features = curve_features(store, SKIP_EPOCHS, CurveNetConfig.curve_normalization)
     curves = torch.from_numpy(features)
     loader = _dali_loader(table, context.rank, context.world_size)
     files = loader.epoch_files()

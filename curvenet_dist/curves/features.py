@@ -1,6 +1,7 @@
-"""What the allocate stage reads from the curve store: CurveNet's input (DESIGN.md §3, paper eqs. 7-8), each
-sample's loss curve without its first S epochs centred on the mean curve of the samples that share its given
-label, and its logit-margin curve likewise where the store records margins; and the lowest-loss meta set.
+"""What the allocate stage reads from the curve store: CurveNet's input (DESIGN.md §3), each sample's loss curve
+without its first S epochs and its logit-margin curve likewise where the store records margins, each epoch
+standardised over the training set (or, as in the paper, over the samples that share its given label); and the
+lowest-loss meta set.
 
 Both work one store column at a time (a column is a few MB even at a million samples), with vectorised per-class
 sums, so memory stays near the size of the result and no step loops over samples in Python.
@@ -45,12 +46,13 @@ def curve_input_length(num_epochs: int, skip_epochs: int, with_margins: bool = T
     return (2 if with_margins else 1) * (num_epochs - skip_epochs)
 
 
-def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: bool) -> np.ndarray:
+def normalized_curves(store: CurveStore, skip_epochs: int, normalization: str) -> np.ndarray:
     """[N, T - S] float32, or [N, 2 (T - S)] where the store records margins (the loss columns, then the margin
-    columns): lbar_{i,t} = l_{i,t} - mu_{y_i,t}, optionally divided by the class's std at t, and the same of the
-    margins.
+    columns): lbar_{i,t} = (l_{i,t} - mu_t) / sigma_t, and the same of the margins. `normalization` says over
+    which samples mu and sigma are taken: `dataset` every training sample; `class` the samples of the same given
+    label; `class_mean` the same, centring only (sigma = 1).
 
-    Class statistics are float64 sums in sample order; only the columns S..T-1 are read from the store.
+    Statistics are float64 sums in sample order; only the columns S..T-1 are read from the store.
     """
     _check_curves(store, skip_epochs)
     labels = store.labels
@@ -72,27 +74,30 @@ def class_normalized_curves(store: CurveStore, skip_epochs: int, normalize_std: 
         written = columns[start:start + len(block)]
         for row, (array, epoch) in enumerate(written):
             centred[:] = store.read_epoch(epoch, array)
-            centred -= np.take(class_mean(centred), labels, out=per_sample)
-            if normalize_std:
-                scale = 1 / np.maximum(np.sqrt(class_mean(np.square(centred, out=per_sample))), 1e-8)
-                centred *= np.take(scale, labels, out=per_sample)
+            if normalization == "dataset":
+                centred -= centred.mean()
+                centred /= max(np.sqrt(np.square(centred, out=per_sample).mean()), 1e-8)
+            else:
+                centred -= np.take(class_mean(centred), labels, out=per_sample)
+                if normalization == "class":
+                    scale = 1 / np.maximum(np.sqrt(class_mean(np.square(centred, out=per_sample))), 1e-8)
+                    centred *= np.take(scale, labels, out=per_sample)
             block[row] = centred
         features[:, start:start + len(written)] = block[:len(written)].T
     return features
 
 
-def features_path(store: CurveStore, skip_epochs: int, normalize_std: bool) -> Path:
+def features_path(store: CurveStore, skip_epochs: int, normalization: str) -> Path:
     """Where `curve_features` saves the features of `store`: a folder beside it that the store empties whenever a
     column changes (CurveStore.forget_features), under the hash of the stored bytes they are built from, so a
     store changed in any other way (a chunk lost or damaged, another store copied in its place) is never read
     through features of its former content."""
-    scaling = "std" if normalize_std else "mean"
     key = store.content_key(range(skip_epochs, store.num_epochs))
-    return store.features_dir / f"{key}-skip{skip_epochs}-{scaling}.npy"
+    return store.features_dir / f"{key}-skip{skip_epochs}-{normalization}.npy"
 
 
-def curve_features(store: CurveStore, skip_epochs: int, normalize_std: bool) -> np.ndarray:
-    """`class_normalized_curves`, built once per store and saved beside it.
+def curve_features(store: CurveStore, skip_epochs: int, normalization: str) -> np.ndarray:
+    """`normalized_curves`, built once per store and saved beside it.
 
     Rank 0 builds and saves them (a temporary file, then a rename, so a reader never sees half a file) unless they
     are already saved; every rank waits for it at a barrier, then maps the file copy-on-write, so the ranks of a
@@ -101,9 +106,9 @@ def curve_features(store: CurveStore, skip_epochs: int, normalize_std: bool) -> 
     (saved features were built from columns read whole, and their name is the hash of the bytes read).
     """
     _check_curves(store, skip_epochs)
-    path = features_path(store, skip_epochs, normalize_std)
+    path = features_path(store, skip_epochs, normalization)
     if (not dist.is_initialized() or dist.get_rank() == 0) and not path.exists():
-        features = class_normalized_curves(store, skip_epochs, normalize_std)
+        features = normalized_curves(store, skip_epochs, normalization)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""CurveNet (DESIGN.md §5): an MLP over each sample's class-normalised probe loss and logit-margin curves plus a
+"""CurveNet (DESIGN.md §5): an MLP over each sample's standardised probe loss and logit-margin curves plus a
 label embedding gives its weight, meta-learned on the clean meta set until the classifier's first LR decay (or
 until its weights settle), then frozen."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ class CurveNetMethod(MetaLearnedMethod):
         config, settings = setup.config, setup.config.curvenet
         super().__init__(setup, settings)
         self.meta_table = self._select_meta_table()
-        features = curve_features(setup.store, settings.skip_epochs, settings.normalize_std)
+        features = curve_features(setup.store, settings.skip_epochs, settings.curve_normalization)
         self.curves = torch.from_numpy(features).to(setup.device)
         self.wrong_fraction = probe_wrong_label_fraction(setup.store, setup.splits.num_classes)
         torch.manual_seed(config.run.seed)

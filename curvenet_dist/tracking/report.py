@@ -47,8 +47,8 @@ def noise_detection_scores(weights: np.ndarray, mislabeled: np.ndarray) -> dict[
 def within_class_auroc(weights: np.ndarray, labels: np.ndarray, mislabeled: np.ndarray) -> float | None:
     """The noise AUROC of the weights inside each given-label class holding both clean and mislabeled samples,
     averaged over those classes (None if there is none). Unlike the pooled AUROC it ignores how whole classes
-    compare, which a weight computed from class-centred curves cannot know: where noise rates differ by class,
-    a high-noise class's loss level alone flags its samples."""
+    compare, which a class-relative weight cannot show: where noise rates differ by class, a high-noise class's
+    loss level alone flags its samples."""
     aurocs = [roc_auc_score(mislabeled[labels == c], -weights[labels == c]) for c in np.unique(labels)
               if 0 < mislabeled[labels == c].sum() < (labels == c).sum()]
     return float(np.mean(aurocs)) if aurocs else None

@@ -16,7 +16,7 @@ from curvenet_dist.engine.distributed import exit_without_finalization
 def main() -> None:
     folder = Path(sys.argv[1])
     dist.init_process_group("gloo")
-    features = curve_features(CurveStore.open(folder / "curves.zarr", mode="r"), skip_epochs=1, normalize_std=True)
+    features = curve_features(CurveStore.open(folder / "curves.zarr", mode="r"), skip_epochs=1, normalization="dataset")
     np.save(folder / f"rank{dist.get_rank()}.npy", features)
     dist.destroy_process_group()
     exit_without_finalization(0)
