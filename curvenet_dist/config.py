@@ -302,9 +302,10 @@ class CurveNetConfig(MetaLearningConfig):
     skip_epochs: int = 5
     """S: the first S probe epochs are dropped from each curve."""
     curve_normalization: str = "dataset"
-    """Over which samples each epoch of the curves is standardised: `dataset` (every training sample: a wrong label
-    sits below the clean ones in every class, whatever share of its class is wrong), `class` (the samples of its
-    given class, mean and std: the paper's text) or `class_mean` (the same, centring only: the reference code)."""
+    """Over which samples each epoch of the curves is standardised: `dataset` (every training sample: a wrong
+    label's curve sits where every class's wrong labels do, whatever share of its class is wrong), `class` (the
+    samples of its given class, mean and std: the paper's text) or `class_mean` (the same, centring only: the
+    reference code)."""
     embedding_dim: int = 64
     """P: width of the curve feature and of the label embedding."""
     curve_hidden: list[int] = field(default_factory=lambda: [128, 128])
