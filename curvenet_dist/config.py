@@ -291,6 +291,10 @@ class MetaLearningConfig:
         _positive(f"{self.section}.skip_layers", self.skip_layers, allow_zero=True)
 
 
+# Over which samples CurveNet's curves are standardised (curves/features.py).
+CURVE_NORMALIZATIONS = ("dataset", "class", "class_mean")
+
+
 @dataclass
 class CurveNetConfig(MetaLearningConfig):
     """`method=curvenet`: a network that weighs each sample from its probe loss curve and given label."""
@@ -336,8 +340,7 @@ class CurveNetConfig(MetaLearningConfig):
         # The head's last hidden layer feeds the output layer, so the head needs one.
         _layer_sizes("curvenet.head_hidden", self.head_hidden, allow_empty=False)
         _choice("curvenet.weight_scale", self.weight_scale, ("class", "dataset", "batch", "none"))
-        _choice("curvenet.curve_normalization", self.curve_normalization,
-                ("dataset", "class", "class_mean"))
+        _choice("curvenet.curve_normalization", self.curve_normalization, CURVE_NORMALIZATIONS)
         _positive("curvenet.settle_tolerance", self.settle_tolerance, allow_zero=True)
         _positive("curvenet.settle_epochs", self.settle_epochs)
         _positive("curvenet.scale_samples", self.scale_samples)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
+from curvenet_dist.config import CURVE_NORMALIZATIONS
 from curvenet_dist.curves.store import CurveStore, CurveStoreError
 
 
@@ -73,7 +74,7 @@ def random_store(path, samples=3000, epochs=6, classes=5, seed=0):
     return store
 
 
-@pytest.mark.parametrize("normalization", ["dataset", "class", "class_mean"])
+@pytest.mark.parametrize("normalization", CURVE_NORMALIZATIONS)
 def test_curve_features_are_float32_normalised_curves(tmp_path, normalization):
     from curvenet_dist.curves.features import normalized_curves
 
@@ -232,7 +233,7 @@ def margin_store(path, samples=3000, epochs=6, classes=5, seed=0):
     return store
 
 
-@pytest.mark.parametrize("normalization", ["dataset", "class", "class_mean"])
+@pytest.mark.parametrize("normalization", CURVE_NORMALIZATIONS)
 def test_curvenet_reads_the_margin_curve_beside_the_loss_curve(tmp_path, normalization):
     from curvenet_dist.curves.features import normalized_curves
 

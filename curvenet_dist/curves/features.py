@@ -40,10 +40,10 @@ def _check_curves(store: CurveStore, skip_epochs: int) -> None:
 COLUMNS_AT_ONCE = 8
 
 
-def curve_input_length(num_epochs: int, skip_epochs: int, with_margins: bool = True) -> int:
-    """The length of CurveNet's input from a store of `num_epochs`: the loss curve after the skipped epochs, and
-    the margin curve beside it where the store records margins (as every probe run does)."""
-    return (2 if with_margins else 1) * (num_epochs - skip_epochs)
+def curve_input_length(num_epochs: int, skip_epochs: int) -> int:
+    """The length of CurveNet's input from a probe of `num_epochs`, which records margins: the loss curve after the
+    skipped epochs and the margin curve beside it."""
+    return 2 * (num_epochs - skip_epochs)
 
 
 def normalized_curves(store: CurveStore, skip_epochs: int, normalization: str) -> np.ndarray:
