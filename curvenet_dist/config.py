@@ -318,10 +318,15 @@ class CurveNetConfig(MetaLearningConfig):
     """Hidden sizes after curve and label features are summed."""
     weight_scale: str = "class"
     """What the weights are divided by before they weigh the loss, so that the meta step cannot lower the meta loss
-    by raising every weight: `class` (the mean weight of the sample's given class, times N / (C n_c): every class
-    carries the same total weight and CurveNet shares it out within the class), `dataset` (the mean weight over the
+    by raising every weight: `class` (the mean weight of the sample's given class, times the class's factor from
+    `rebalance`: CurveNet shares each class's total out within the class), `dataset` (the mean weight over the
     training set), `batch` (the batch mean over all ranks) or `none` (the plain weighted mean). `class` and
     `dataset` estimate their means on scale_samples fixed training samples."""
+    rebalance: str = "class_totals"
+    """How the long tail is met: `class_totals` (under the `class` scale, each class's total is class-balanced CE's
+    for the share of its labels the probe finds right and CE's for the rest; plain logits) or `logit_adjust` (every
+    class keeps CE's total and the classifier trains on its logits plus the log of the given-label prior: ahead at
+    imbalance 50, behind on small data and where a head class's errors swamp a small class). DESIGN.md §5."""
     scale_samples: int = 1024
     """For weight_scale `dataset`: how many training samples estimate the mean weight (all, if fewer); for
     `class`: this many divided by the class count, per class."""
@@ -340,6 +345,7 @@ class CurveNetConfig(MetaLearningConfig):
         # The head's last hidden layer feeds the output layer, so the head needs one.
         _layer_sizes("curvenet.head_hidden", self.head_hidden, allow_empty=False)
         _choice("curvenet.weight_scale", self.weight_scale, ("class", "dataset", "batch", "none"))
+        _choice("curvenet.rebalance", self.rebalance, ("class_totals", "logit_adjust"))
         _choice("curvenet.curve_normalization", self.curve_normalization, CURVE_NORMALIZATIONS)
         _positive("curvenet.settle_tolerance", self.settle_tolerance, allow_zero=True)
         _positive("curvenet.settle_epochs", self.settle_epochs)

@@ -1,5 +1,5 @@
 """The main job on the embedded default: probe, then allocate with plain CE, class-balanced CE (the trivial
-baseline of CurveNet's class rebalancing) and CurveNet, then a summary.
+baseline of a class rebalancing) and CurveNet, then a summary.
 
 `python launch/quickstart.py [--nproc 2] [--run-dir runs/quickstart] [key=value ...]` runs each stage under
 torchrun exactly as a user would; rerunning resumes whatever did not finish.

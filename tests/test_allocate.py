@@ -35,6 +35,7 @@ def allocate(probe_run, run_dir, nproc=1, extra=(), **kwargs):
 
 
 @pytest.mark.parametrize("method, extra", [("curvenet", []), ("curvenet", ["curvenet.weight_scale=dataset"]),
+                                           ("curvenet", ["curvenet.rebalance=logit_adjust"]),
                                            ("mwnet", ["mwnet.skip_layers=2"]), ("ce", []), ("balanced_ce", []),
                                            ("logit_adjust", [])])
 def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, method, extra):
@@ -71,6 +72,12 @@ def test_each_method_writes_metrics_weights_and_suspects(probe_run, tmp_path, me
         if method == "curvenet":
             # The second meta epoch's line says how far the weights moved since the first.
             assert re.search(r"epoch 2/3 .*weight_change \d", result.stdout), result.stdout
+            # The opening line names the rebalancing; only class totals estimate each class's wrong labels.
+            if extra == ["curvenet.rebalance=logit_adjust"]:
+                assert "logits adjusted by the class prior" in result.stdout
+                assert "estimated_wrong_fraction" not in metrics
+            elif not extra:
+                assert "class totals for" in result.stdout and len(metrics["estimated_wrong_fraction"]) == 10
     assert "done: test accuracy" in result.stdout
 
 

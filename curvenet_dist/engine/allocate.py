@@ -105,7 +105,8 @@ class AllocateTrainer:
         self.iteration = MetaIteration(self.model, self.method.weighting_net, self.optimizer,
                                        self.method.weighting_optimizer, self.method.skip_layers, config.meta.sync,
                                        virtual_rule=self.method.virtual_rule,
-                                       training_loss=self.method.training_loss(), data_parallel=data_parallel)
+                                       training_loss=self.method.training_loss(), data_parallel=data_parallel,
+                                       logit_adjustment=self.method.logit_adjustment())
         self.fingerprint = fingerprint(store.fingerprint if store else train.fingerprint(), config.method,
                                        *self.method.fingerprint(), vars(config.allocate), vars(config.optim),
                                        config.run.seed)

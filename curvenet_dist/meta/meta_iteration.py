@@ -34,7 +34,8 @@ VIRTUAL_RULES = ("optimizer", "sgd")
 @dataclass
 class IterationResult:
     losses: torch.Tensor
-    """Per-sample cross-entropy of the train batch [B], detached."""
+    """Per-sample cross-entropy of the train batch [B] (of its adjusted logits, under a logit adjustment),
+    detached."""
     logits: torch.Tensor
     """The train batch's logits [B, C], detached."""
     weights: torch.Tensor
@@ -83,13 +84,16 @@ class MetaIteration:
         virtual_rule: str = "optimizer",
         training_loss=None,
         data_parallel: nn.Module | None = None,
+        logit_adjustment: torch.Tensor | None = None,
     ):
         """`virtual_rule`: `optimizer` moves w_hat as the classifier's SGD would (momentum, weight decay, Nesterov;
         CurveNet's reference code, through `higher`); `sgd` is Meta-Weight-Net's reference virtual step, plain
         w - lr * g at the current LR. `training_loss`: the seam above; by default the weighting net's weight times
         the cross-entropy. `data_parallel`: the classifier wrapped in DistributedDataParallel
         (forward_sync_buffers=False), which steps without a meta update (plain CE, a frozen net) go through, so
-        their gradient all-reduce overlaps the backward as in any DDP training."""
+        their gradient all-reduce overlaps the backward as in any DDP training. `logit_adjustment` [C]: added to
+        the train batch's logits for every cross-entropy it trains on (logit adjustment); evaluation is not
+        adjusted."""
         if not isinstance(model, StagedNet):
             raise TypeError(f"MetaIteration needs the bare StagedNet classifier (not DDP-wrapped), got {type(model)}")
         if sync not in SYNC_MODES:
@@ -108,6 +112,7 @@ class MetaIteration:
         self.training_loss = training_loss or (WeightedCrossEntropy(weighting_net, self.scale)
                                                if weighting_net is not None else None)
         self.data_parallel = data_parallel
+        self.logit_adjustment = logit_adjustment
         self.split = split_layers(model, skip_layers)
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
         self.top = PartRange(model, self.split.bottom_part_count)
@@ -139,7 +144,8 @@ class MetaIteration:
             logits = self.top(self.bottom(images))
         else:
             logits = self.data_parallel(images)
-        losses = F.cross_entropy(logits, labels, reduction="none")
+        adjusted = logits if self.logit_adjustment is None else logits + self.logit_adjustment.to(logits)
+        losses = F.cross_entropy(adjusted, labels, reduction="none")
 
         meta_loss = meta_gradient_norm = None
         if meta_update:

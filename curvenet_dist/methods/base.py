@@ -74,6 +74,10 @@ class Method:
         """The per-sample loss the classifier trains on (None: the cross-entropy, or fixed weights times it)."""
         return None
 
+    def logit_adjustment(self) -> torch.Tensor | None:
+        """Added to the logits [C] wherever the classifier's cross-entropy is taken in training (None: none)."""
+        return None
+
     def describe(self) -> str:
         """The method's part of the stage's opening line."""
         return ""

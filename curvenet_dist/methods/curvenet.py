@@ -7,14 +7,13 @@ import numpy as np
 import torch
 
 from curvenet_dist.curves.features import curve_features
-from curvenet_dist.curves.wrong_labels import probe_wrong_label_fraction
 from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.meta.meta_batches import MetaBatches
 from curvenet_dist.meta.meta_iteration import WeightedCrossEntropy
 from curvenet_dist.meta.settling import WeightSettling
-from curvenet_dist.meta.weight_scale import (WeightScale, balanced_class_factors, noise_aware_class_factors,
-                                              reference_sample)
+from curvenet_dist.meta.weight_scale import WeightScale, reference_sample
 from curvenet_dist.methods.base import AllocateSetup, EpochPlan, TrainingLoss
+from curvenet_dist.methods.class_rebalance import REBALANCES
 from curvenet_dist.methods.meta_learned import MetaLearnedMethod
 from curvenet_dist.models.weighting import CurveNet
 from curvenet_dist.tracking.report import audited_noise_scores
@@ -29,7 +28,7 @@ class CurveNetMethod(MetaLearnedMethod):
         self.meta_table = self._select_meta_table()
         features = curve_features(setup.store, settings.skip_epochs, settings.curve_normalization)
         self.curves = torch.from_numpy(features).to(setup.device)
-        self.wrong_fraction = probe_wrong_label_fraction(setup.store, setup.splits.num_classes)
+        self.rebalance = REBALANCES[settings.rebalance](setup.store, setup.splits.train.class_counts())
         torch.manual_seed(config.run.seed)
         self._adopt(CurveNet(self.curves.shape[1], setup.splits.num_classes, settings.embedding_dim,
                              tuple(settings.curve_hidden), tuple(settings.head_hidden)))
@@ -53,17 +52,13 @@ class CurveNetMethod(MetaLearnedMethod):
         ids = reference_sample(train.labels, config.curvenet.scale_samples, config.run.seed, by_class=mode == "class")
         labels = torch.from_numpy(train.labels)[ids].to(self.setup.device)
         return WeightScale(mode, config.meta.sync, self.curves[ids.to(self.setup.device)], labels,
-                           self._class_factors() if mode == "class" else None)
-
-    def _class_factors(self) -> torch.Tensor:
-        """Class-balanced CE's factors, moved toward CE's by each class's estimated share of wrong labels."""
-        counts = self.setup.splits.train.class_counts()
-        if self.wrong_fraction is None:
-            return balanced_class_factors(counts)
-        return noise_aware_class_factors(counts, self.wrong_fraction)
+                           self.rebalance.class_factors() if mode == "class" else None)
 
     def training_loss(self) -> TrainingLoss:
         return self.loss
+
+    def logit_adjustment(self) -> torch.Tensor | None:
+        return self.rebalance.logit_adjustment()
 
     @torch.no_grad()
     def weights(self) -> torch.Tensor:
@@ -112,22 +107,17 @@ class CurveNetMethod(MetaLearnedMethod):
         return self.weights().cpu().numpy()
 
     def describe(self) -> str:
-        if self.scale.mode != "class":
+        # Class totals act through the `class` weight scale only; a logit adjustment under any scale.
+        if self.scale.mode != "class" and self.logit_adjustment() is None:
             return super().describe()
-        if self.wrong_fraction is None:
-            return f"{super().describe()}class-balanced totals (the probe's store holds no margins to estimate from), "
-        counts = self.setup.splits.train.class_counts()
-        overall = float(self.wrong_fraction @ counts / counts.sum())
-        return (f"{super().describe()}class totals for {100 * overall:.0f}% estimated wrong labels (per class "
-                f"{100 * self.wrong_fraction.min():.0f}-{100 * self.wrong_fraction.max():.0f}%), ")
+        return super().describe() + self.rebalance.describe()
 
     def fingerprint(self) -> tuple:
         # A net over the loss curve alone does not resume as a net over both curves (a store without margins).
         return (*super().fingerprint(), self.curves.shape[1])
 
     def summary(self, weights: np.ndarray) -> dict:
-        estimate = {} if self.wrong_fraction is None else {"estimated_wrong_fraction": self.wrong_fraction.tolist()}
-        return {**super().summary(weights), "meta_epochs": self.meta_epochs(), **estimate}
+        return {**super().summary(weights), "meta_epochs": self.meta_epochs(), **self.rebalance.summary()}
 
     def warnings(self, summary: dict) -> list[str]:
         lines = super().warnings(summary)

@@ -4,9 +4,8 @@ head classes' logits are handicapped in training and the tail's margins widen.""
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
-from curvenet_dist.methods.base import AllocateSetup, Method, TrainingLoss
+from curvenet_dist.methods.base import AllocateSetup, Method
 
 
 def log_prior_adjustment(class_counts, tau: float) -> torch.Tensor:
@@ -17,25 +16,15 @@ def log_prior_adjustment(class_counts, tau: float) -> torch.Tensor:
     return (tau * prior.log()).float()
 
 
-class LogitAdjustedLoss:
-    """The training loss: cross-entropy of the adjusted logits; every sample weighs 1."""
-
-    def __init__(self, adjustment: torch.Tensor):
-        self.adjustment = adjustment
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, inputs, track_meta: bool):
-        adjusted = F.cross_entropy(logits + self.adjustment.to(logits.dtype), labels, reduction="none")
-        return adjusted, torch.ones_like(adjusted)
-
-
 class LogitAdjustment(Method):
+    """Every sample weighs 1; the trainer adds the adjustment to the logits of its cross-entropy."""
+
     def __init__(self, setup: AllocateSetup):
         super().__init__(setup)
-        adjustment = log_prior_adjustment(setup.splits.train.class_counts(), setup.config.logit_adjust.tau)
-        self.loss = LogitAdjustedLoss(adjustment.to(setup.device))
+        self.adjustment = log_prior_adjustment(setup.splits.train.class_counts(), setup.config.logit_adjust.tau)
 
-    def training_loss(self) -> TrainingLoss:
-        return self.loss
+    def logit_adjustment(self) -> torch.Tensor:
+        return self.adjustment
 
     def describe(self) -> str:
         return f"logit_adjust.tau {self.setup.config.logit_adjust.tau:g}, "
