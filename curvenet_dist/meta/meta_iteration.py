@@ -112,7 +112,9 @@ class MetaIteration:
         self.training_loss = training_loss or (WeightedCrossEntropy(weighting_net, self.scale)
                                                if weighting_net is not None else None)
         self.data_parallel = data_parallel
-        self.logit_adjustment = logit_adjustment
+        # On the classifier's device once: a host-to-device copy every step would wait for the GPU.
+        self.logit_adjustment = (None if logit_adjustment is None
+                                 else logit_adjustment.to(next(model.parameters()).device))
         self.split = split_layers(model, skip_layers)
         self.bottom = PartRange(model, 0, self.split.bottom_part_count)
         self.top = PartRange(model, self.split.bottom_part_count)
@@ -144,7 +146,7 @@ class MetaIteration:
             logits = self.top(self.bottom(images))
         else:
             logits = self.data_parallel(images)
-        adjusted = logits if self.logit_adjustment is None else logits + self.logit_adjustment.to(logits)
+        adjusted = logits if self.logit_adjustment is None else logits + self.logit_adjustment.to(logits.dtype)
         losses = F.cross_entropy(adjusted, labels, reduction="none")
 
         meta_loss = meta_gradient_norm = None
