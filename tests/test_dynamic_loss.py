@@ -14,6 +14,7 @@ from curvenet_dist.config import ConfigError, load_config
 from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.virtual_step import virtual_sgd_step
+from curvenet_dist.methods.logit_adjust import log_prior_adjustment
 from curvenet_dist.models.cifar_resnet import cifar_resnet
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining
 from tests.test_meta import NUM_CLASSES, assert_same_tensors, make_batch
@@ -24,7 +25,7 @@ BUCKETS = 5
 def make_run():
     torch.manual_seed(0)
     model = cifar_resnet(8, NUM_CLASSES).double()
-    net = DynamicLoss(NUM_CLASSES, BUCKETS, hidden=16).double()
+    net = DynamicLoss(torch.tensor([0.4, 0.3, 0.2, 0.1]).log(), BUCKETS, hidden=16).double()
     return (model, net, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
             torch.optim.Adam(net.parameters(), lr=3e-3))
 
@@ -36,12 +37,12 @@ def dynamic_inputs(seed: int, batch_size: int = 8) -> torch.Tensor:
 
 
 def reference_loss(net, logits, labels, inputs):
-    """soft-CE(z + m, w onehot(y) + (1 - w) onehot(y_pred)), written out."""
+    """-log softmax(z + m)_y, kept in full where y_pred = y and in the share w elsewhere, written out."""
     ranks = (inputs[:, :1].double() + 0.5) / BUCKETS
     w = torch.sigmoid(net.corrector(torch.relu(net.rank_input(ranks))))[torch.arange(len(labels)), labels]
-    target = w[:, None] * F.one_hot(labels, NUM_CLASSES) + (1 - w[:, None]) * F.one_hot(inputs[:, 1], NUM_CLASSES)
+    kept = torch.where(inputs[:, 1] == labels, 1.0, w)
     margins = net.generator(net.class_feature)[0]
-    return -(target * F.log_softmax(logits + margins, 1)).sum(1).mean()
+    return -(kept * F.log_softmax(logits + margins, 1)[torch.arange(len(labels)), labels]).mean()
 
 
 def reference_step(model, net, optimizer, net_optimizer, skip_layers, batch, inputs):
@@ -69,11 +70,25 @@ def reference_step(model, net, optimizer, net_optimizer, skip_layers, batch, inp
     optimizer.step()
 
 
-def test_corrector_starts_trusting_the_labels_and_margins_start_equal():
-    net = DynamicLoss(10, buckets=100, hidden=64)
+def test_corrector_starts_trusting_the_labels_and_margins_start_at_the_log_prior():
+    log_prior = log_prior_adjustment([500, 200, 100, 50, 50, 40, 30, 20, 10, 5], tau=1.0)
+    net = DynamicLoss(log_prior, buckets=100, hidden=64)
     trust = net.trust(torch.arange(100).repeat(10), torch.arange(10).repeat_interleave(100))
     assert 0.9 < trust.mean().item() < 1 and trust.min().item() > 0.5
-    assert net.margins().shape == (10,)
+    # The output layer's bias is the log prior; its weights add only a small random part to it.
+    torch.testing.assert_close(net.margins(), log_prior, atol=0.5, rtol=0)
+
+
+def test_a_sample_keeps_its_trust_share_of_the_loss_only_where_its_prediction_disagrees():
+    """Where y_pred is the given label the sample trains on it in full, whatever its trust; elsewhere it keeps
+    the share w, and nothing of it moves to y_pred."""
+    net = DynamicLoss(torch.zeros(3), buckets=10, hidden=8)
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 0, 1, 2])
+    inputs = torch.tensor([[9, 0], [9, 1], [9, 1], [0, 0]])
+    losses, trust = DynamicLossTraining(net)(logits, labels, None, inputs, track_meta=False)
+    plain = F.cross_entropy(logits + net.margins().detach(), labels, reduction="none")
+    torch.testing.assert_close(losses, plain * torch.tensor([1.0, trust[1], 1.0, trust[3]]))
+    assert (trust < 1).all()
 
 
 @pytest.mark.parametrize("skip_layers", [0, 2])

@@ -11,12 +11,14 @@ from curvenet_dist.data.bias import corrupt_labels
 from curvenet_dist.meta.hierarchical import rank_buckets
 from curvenet_dist.meta.meta_iteration import MetaIteration
 from curvenet_dist.meta.weighting_optimizer import weighting_optimizer
+from curvenet_dist.methods.logit_adjust import log_prior_adjustment
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining
 from tests.test_curvenet_learns import BATCH, META_PER_CLASS, NUM_CLASSES, class_clusters, small_classifier
 
 COUNTS, BUCKETS = [300, 150, 80, 40], 100
 # The grid config's Dynamic Loss run makes about 240 meta updates before its freeze.
 META_STEPS = 100
+WARMUP_STEPS = 50
 
 
 def test_the_corrector_trusts_the_wrong_labels_least_within_a_small_meta_budget():
@@ -38,14 +40,18 @@ def test_the_corrector_trusts_the_wrong_labels_least_within_a_small_meta_budget(
 
     model = small_classifier()
     torch.manual_seed(1)
-    net = DynamicLoss(NUM_CLASSES, BUCKETS)
+    net = DynamicLoss(log_prior_adjustment(np.bincount(given), tau=1.0), BUCKETS)
     iteration = MetaIteration(model, net, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
                               weighting_optimizer(net.parameters(), 3e-3, weight_decay=0.0), skip_layers=0,
                               training_loss=DynamicLossTraining(net))
     order = torch.Generator().manual_seed(2)
-    for _ in range(META_STEPS):
+    # As the method's warm-up epochs: plain CE before the first meta update, so that the meta-gradient measures
+    # a classifier that has learned something.
+    for step in range(WARMUP_STEPS + META_STEPS):
         ids = torch.randperm(len(true), generator=order)[:BATCH]
-        iteration.step(images[ids], labels[ids], inputs[ids], meta)
+        warm = step < WARMUP_STEPS
+        iteration.step(images[ids], labels[ids], inputs[ids], None if warm else meta,
+                       fixed_weights=torch.ones(BATCH) if warm else None)
 
     with torch.no_grad():
         trust = net.trust(inputs[:, 0], labels).numpy()

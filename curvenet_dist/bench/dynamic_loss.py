@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from curvenet_dist.bench.slmo import timed
 from curvenet_dist.config import DynamicLossConfig
 from curvenet_dist.meta.meta_iteration import MetaIteration
+from curvenet_dist.methods.logit_adjust import log_prior_adjustment
 from curvenet_dist.models.cifar_resnet import cifar_resnet
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining
 
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> dict:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.manual_seed(0)
     model = cifar_resnet(32, NUM_CLASSES).to(device)
-    net = DynamicLoss(NUM_CLASSES).to(device)
+    net = DynamicLoss(log_prior_adjustment([1] * NUM_CLASSES, tau=1.0)).to(device)
     classifier_optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     net_optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     images = torch.randn(args.batch_size, 3, 32, 32, device=device)

@@ -14,6 +14,7 @@ from curvenet_dist.meta.hierarchical import hierarchical_sample, rank_buckets, u
 from curvenet_dist.meta.meta_batches import MetaBatches
 from curvenet_dist.meta.meta_iteration import IterationResult
 from curvenet_dist.methods.base import AllocateSetup, EpochPlan, TrainingLoss
+from curvenet_dist.methods.logit_adjust import log_prior_adjustment
 from curvenet_dist.methods.meta_learned import MetaLearnedMethod
 from curvenet_dist.models.dynamic_loss import DynamicLoss, DynamicLossTraining, warmup_corrector_loss
 
@@ -33,7 +34,7 @@ class DynamicLossMethod(MetaLearnedMethod):
         self.clean_rows = np.arange(len(train), len(pool))
         self.meta_pool_loader = self.meta_loader(pool)
         torch.manual_seed(config.run.seed)
-        self._adopt(DynamicLoss(setup.splits.num_classes, settings.buckets, settings.hidden))
+        self._adopt(DynamicLoss(log_prior_adjustment(train.class_counts(), tau=1.0), settings.buckets, settings.hidden))
         self.loss = DynamicLossTraining(self.weighting_net)
         # Each sample's loss and sampled prediction as the epoch started (kept for a resumed epoch, so that it
         # trains on the same split), this epoch's recordings of them, and where a resumed epoch left its meta

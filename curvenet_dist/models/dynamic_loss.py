@@ -2,9 +2,11 @@
 
 The corrector maps a sample's loss-rank bucket within its given class, taken as the bucket's place in (0, 1), and
 that class to a trust weight w in (0, 1): what a meta step learns of one rank serves its neighbouring ranks, so a
-few hundred meta steps shape it (DESIGN.md §9). The corrected target is w * onehot(given) + (1 - w) *
-onehot(y_pred), y_pred a sample of the classifier's own prediction. The generator gives per-class additive logit
-margins m, used in training only. The training loss is soft-CE(z + m, corrected target).
+few hundred meta steps shape it (DESIGN.md §9). A sample whose y_pred (a sample of the classifier's own
+prediction) is its given label trains on it in full; one whose y_pred is another class keeps the share w of its
+loss, and the rest is dropped rather than moved to y_pred (DESIGN.md §9). The generator gives per-class additive
+logit margins m, used in training only, which start at the log of the class prior. The training loss is
+kept * CE(z + m, given).
 """
 from __future__ import annotations
 
@@ -14,8 +16,6 @@ from torch.nn import functional as F
 
 # The reference's initial corrector bias: every trust weight starts near sigmoid(3.98) = 0.98 (trust the labels).
 INITIAL_TRUST_LOGIT = 3.98
-# The reference's initial margin bias: equal margins for every class, which leave the softmax unchanged.
-INITIAL_MARGIN = 1.0
 
 
 def _mlp(hidden: int, outputs: int, bias: float) -> nn.Sequential:
@@ -29,13 +29,19 @@ def _mlp(hidden: int, outputs: int, bias: float) -> nn.Sequential:
 
 
 class DynamicLoss(nn.Module):
-    def __init__(self, num_classes: int, buckets: int = 100, hidden: int = 64):
+    """`log_prior` [C], the log of each class's share of the training labels, is the generator's initial bias (the
+    reference's: 1 for every class): the classifier trains under logit adjustment's margins from the first meta
+    step, so the corrector's meta-gradient is not spent on the class prior (DESIGN.md §9)."""
+
+    def __init__(self, log_prior: torch.Tensor, buckets: int = 100, hidden: int = 64):
         super().__init__()
-        self.num_classes, self.buckets = num_classes, buckets
+        self.num_classes, self.buckets = len(log_prior), buckets
         self.rank_input = nn.Linear(1, hidden)
-        self.corrector = _mlp(hidden, num_classes, INITIAL_TRUST_LOGIT)
+        self.corrector = _mlp(hidden, self.num_classes, INITIAL_TRUST_LOGIT)
         self.class_feature = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, hidden)))
-        self.generator = _mlp(hidden, num_classes, INITIAL_MARGIN)
+        self.generator = _mlp(hidden, self.num_classes, 0.0)
+        with torch.no_grad():
+            self.generator[-1].bias.copy_(log_prior)
 
     def trust(self, buckets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """w [B] in (0, 1): the corrector's output for each sample's rank bucket, the given class's column."""
@@ -50,7 +56,8 @@ class DynamicLoss(nn.Module):
 
 class DynamicLossTraining:
     """The Dynamic Loss training loss for MetaIteration. A sample's inputs are its (rank bucket, y_pred) pair
-    ([B, 2] long), both fixed for the epoch; the weight reported per sample is its trust weight w."""
+    ([B, 2] long), both fixed for the epoch; the weight reported per sample is its trust weight w, the share of its
+    loss it keeps where y_pred is not its given label."""
 
     def __init__(self, net: DynamicLoss):
         self.net = net
@@ -60,11 +67,10 @@ class DynamicLossTraining:
         with torch.set_grad_enabled(track_meta and torch.is_grad_enabled()):
             trust = self.net.trust(inputs[:, 0], labels)
             margins = self.net.margins()
-        given = F.one_hot(labels, self.net.num_classes).to(trust.dtype)
-        predicted = F.one_hot(inputs[:, 1], self.net.num_classes).to(trust.dtype)
-        target = trust.unsqueeze(1) * given + (1 - trust.unsqueeze(1)) * predicted
-        loss = -(target * F.log_softmax(logits + margins, dim=1)).sum(1)
-        return loss, trust.detach()
+        agrees = (inputs[:, 1] == labels).to(trust.dtype)
+        kept = trust + (1 - trust) * agrees
+        log_probabilities = F.log_softmax(logits + margins, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+        return -kept * log_probabilities, trust.detach()
 
 
 def warmup_corrector_loss(net: DynamicLoss, buckets: torch.Tensor, labels: torch.Tensor,

@@ -79,7 +79,7 @@ def build_weighting_net(weighting: str) -> nn.Module:
     if weighting == "mwnet":
         return MetaWeightNet(hidden=8).double()
     if weighting == "dynamic_loss":
-        return DynamicLoss(NUM_CLASSES, buckets=5, hidden=8).double()
+        return DynamicLoss(torch.zeros(NUM_CLASSES), buckets=5, hidden=8).double()
     net = CurveNet(CURVE_LENGTH, NUM_CLASSES, embedding_dim=8, curve_hidden=(8,), head_hidden=(8,))
     # CurveNet's zero output layer gives every sample the same first weight; a random one tests per-sample weights.
     nn.init.normal_(net.head[-1].weight)
