@@ -18,13 +18,15 @@ from torch.nn import functional as F
 INITIAL_TRUST_LOGIT = 3.98
 
 
-def _mlp(hidden: int, outputs: int, bias: float) -> nn.Sequential:
+def _mlp(hidden: int, outputs: int, bias: float | torch.Tensor) -> nn.Sequential:
+    """`bias`: the output layer's initial bias, one value for every output or one per output."""
     net = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                         nn.Linear(hidden, outputs))
     for layer in net[::2]:
         nn.init.xavier_normal_(layer.weight)
         nn.init.zeros_(layer.bias)
-    nn.init.constant_(net[-1].bias, bias)
+    with torch.no_grad():
+        net[-1].bias.copy_(torch.as_tensor(bias))
     return net
 
 
@@ -39,9 +41,7 @@ class DynamicLoss(nn.Module):
         self.rank_input = nn.Linear(1, hidden)
         self.corrector = _mlp(hidden, self.num_classes, INITIAL_TRUST_LOGIT)
         self.class_feature = nn.Parameter(nn.init.xavier_uniform_(torch.empty(1, hidden)))
-        self.generator = _mlp(hidden, self.num_classes, 0.0)
-        with torch.no_grad():
-            self.generator[-1].bias.copy_(log_prior)
+        self.generator = _mlp(hidden, self.num_classes, log_prior)
 
     def trust(self, buckets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """w [B] in (0, 1): the corrector's output for each sample's rank bucket, the given class's column."""
