@@ -86,8 +86,10 @@ def run_stage(stage: Stage) -> dict:
         metrics.update(samples_per_s=stage.num_samples / epoch_s, epoch_s=epoch_s)
         if context.is_main:
             metrics.update(stage.epoch_metrics(epoch))
+            # Logged before the checkpoint that marks the epoch done: a crash between the two reruns the epoch,
+            # whose metrics the resumed tracker knows it holds; the other order would lose them.
+            tracker.log_metrics(metrics, step=epoch)
             stage.checkpointer.save(stage.state(wall_s()), epoch + 1)
-        tracker.log_metrics(metrics, step=epoch)
         stage.progress.end_epoch(epoch, stage.num_samples, {key: metrics[key] for key in stage.shown if key in metrics})
     result = stage.finish(tracker, report or stage.evaluate(), wall_s)
     barrier()
