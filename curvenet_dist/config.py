@@ -310,6 +310,10 @@ class CurveNetConfig(MetaLearningConfig):
     label's curve sits where every class's wrong labels do, whatever share of its class is wrong), `class` (the
     samples of its given class, mean and std: the paper's text) or `class_mean` (the same, centring only: the
     reference code)."""
+    prior_slope: float = 2.0
+    """CurveNet's output corrects the probe's own judgment of each label: a weight starts at sigmoid(prior_slope x
+    the sample's mean standardised margin over the curve's epochs) + 0.02 (minus its mean standardised loss for a
+    store without margins). 0: no prior, every weight starts at 0.52 and the net alone decides. DESIGN.md §4."""
     embedding_dim: int = 64
     """P: width of the curve feature and of the label embedding."""
     curve_hidden: list[int] = field(default_factory=lambda: [128, 128])
@@ -347,6 +351,7 @@ class CurveNetConfig(MetaLearningConfig):
         _choice("curvenet.weight_scale", self.weight_scale, ("class", "dataset", "batch", "none"))
         _choice("curvenet.rebalance", self.rebalance, ("class_totals", "logit_adjust"))
         _choice("curvenet.curve_normalization", self.curve_normalization, CURVE_NORMALIZATIONS)
+        _positive("curvenet.prior_slope", self.prior_slope, allow_zero=True)
         _positive("curvenet.settle_tolerance", self.settle_tolerance, allow_zero=True)
         _positive("curvenet.settle_epochs", self.settle_epochs)
         _positive("curvenet.scale_samples", self.scale_samples)

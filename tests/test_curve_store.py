@@ -370,3 +370,16 @@ def test_a_mostly_mislabeled_class_keeps_its_wrong_labels_where_every_class_has_
 
     assert pooled_auroc(CurveNetConfig.curve_normalization) >= 0.99
     assert pooled_auroc("class") < 0.95, "centred on its own class, the swamped class's wrong labels look clean"
+
+
+@pytest.mark.parametrize("make", [random_store, margin_store])
+def test_the_suspicion_direction_reads_the_mean_standardised_margin_or_loss(tmp_path, make):
+    from curvenet_dist.curves.features import normalized_curves, suspicion_direction
+
+    store = make(tmp_path / "c.zarr")
+    features = normalized_curves(store, 2, "class")
+    suspicion = features @ suspicion_direction(store, 2)
+    # Where the probe records margins, a low mean margin over the epochs CurveNet reads is what looks wrong; a
+    # store of losses alone has only the mean loss.
+    expected = -features[:, 4:].mean(1) if store.margin is not None else features.mean(1)
+    np.testing.assert_allclose(suspicion, expected, rtol=1e-5, atol=1e-6)

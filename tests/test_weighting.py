@@ -28,6 +28,18 @@ def test_curvenet_weights_start_equal_at_the_steepest_point_and_stay_above_the_f
     assert bool(((weights >= 0.02) & (weights <= 1.02)).all())
 
 
+def test_with_a_prior_a_sample_starts_at_the_weight_its_mean_margin_gives_it():
+    # Curves of two loss then two margin columns; the prior reads minus the mean margin, with slope 2.
+    direction = 2 * torch.tensor([0.0, 0.0, -0.5, -0.5])
+    net = CurveNet(curve_length=4, num_classes=3, prior_direction=direction)
+    margins = torch.tensor([-1.0, 0.0, 1.0])
+    curves = torch.cat([torch.randn(3, 2), margins[:, None].repeat(1, 2)], 1)
+    weights = net(curves, torch.tensor([0, 1, 2]), None)
+    torch.testing.assert_close(weights, torch.sigmoid(2 * margins) + 0.02)
+    # The head's zero start leaves the prior alone, so the weights are spread before any meta step.
+    assert weights[0] < 0.2 < weights[1] < 0.6 < weights[2]
+
+
 def test_curvenet_weight_depends_on_curve_and_label_not_on_loss():
     torch.manual_seed(0)
     net = CurveNet(curve_length=6, num_classes=3, embedding_dim=8, curve_hidden=(8,), head_hidden=(8,))

@@ -46,6 +46,19 @@ def curve_input_length(num_epochs: int, skip_epochs: int) -> int:
     return 2 * (num_epochs - skip_epochs)
 
 
+def suspicion_direction(store: CurveStore, skip_epochs: int) -> np.ndarray:
+    """[D] float32, in the layout of `normalized_curves`: a sample's features dotted with it give how wrong its
+    label looks to the probe, minus the mean of its standardised margin curve (its AUM over the epochs CurveNet
+    reads), or the mean of its standardised loss curve where the store records no margins."""
+    columns = store.num_epochs - skip_epochs
+    direction = np.zeros(len(store.recordings) * columns, np.float32)
+    if store.margin is None:
+        direction[:] = 1 / columns
+    else:
+        direction[columns:] = -1 / columns
+    return direction
+
+
 def normalized_curves(store: CurveStore, skip_epochs: int, normalization: str) -> np.ndarray:
     """[N, T - S] float32, or [N, 2 (T - S)] where the store records margins (the loss columns, then the margin
     columns): lbar_{i,t} = (l_{i,t} - mu_t) / sigma_t, and the same of the margins. `normalization` says over

@@ -3,8 +3,9 @@
 
 CurveNet's weight is a function of the sample's fixed curve and label, so the whole training set's weights can be
 compared from one meta epoch's end to the next (`weight_change`: the mean change of the class-relative weight over
-its spread). Weights that never spread (the net still at its initial output) never count as settled: the meta
-updates left may yet move them.
+its spread). Weights that never spread (a net without a prior still at its initial output) never count as
+settled: the meta updates left may yet move them. Weights that start at CurveNet's prior and stay there settle: the
+meta step has nothing to change in them.
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """CurveNet (DESIGN.md §5): an MLP over each sample's standardised probe loss and logit-margin curves plus a
-label embedding gives its weight, meta-learned on the clean meta set until the classifier's first LR decay (or
-until its weights settle), then frozen."""
+label embedding corrects the probe's own judgment of its label (its mean margin) into its weight, meta-learned on
+the clean meta set until the classifier's first LR decay (or until its weights settle), then frozen."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from curvenet_dist.curves.features import curve_features
+from curvenet_dist.curves.features import curve_features, suspicion_direction
 from curvenet_dist.engine.batched import weights_by_chunks
 from curvenet_dist.meta.meta_batches import MetaBatches
 from curvenet_dist.meta.meta_iteration import WeightedCrossEntropy
@@ -29,9 +29,10 @@ class CurveNetMethod(MetaLearnedMethod):
         features = curve_features(setup.store, settings.skip_epochs, settings.curve_normalization)
         self.curves = torch.from_numpy(features).to(setup.device)
         self.rebalance = REBALANCES[settings.rebalance](setup.store, setup.splits.train.class_counts())
+        prior = settings.prior_slope * torch.from_numpy(suspicion_direction(setup.store, settings.skip_epochs))
         torch.manual_seed(config.run.seed)
         self._adopt(CurveNet(self.curves.shape[1], setup.splits.num_classes, settings.embedding_dim,
-                             tuple(settings.curve_hidden), tuple(settings.head_hidden)))
+                             tuple(settings.curve_hidden), tuple(settings.head_hidden), prior))
         self.scale = self._weight_scale()
         self.loss = WeightedCrossEntropy(self.weighting_net, self.scale)
         self.meta_batches = MetaBatches(self.meta_loader(self.meta_table))

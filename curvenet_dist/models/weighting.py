@@ -29,9 +29,16 @@ class CurveNet(nn.Module):
         embedding_dim: int = 64,
         curve_hidden: tuple[int, ...] = (128, 128),
         head_hidden: tuple[int, ...] = (128, 64),
+        prior_direction: torch.Tensor | None = None,
     ):
+        """`prior_direction` [curve_length]: the net's output corrects the probe's own judgment of the label, each
+        weight starting at sigmoid(-curve . prior_direction) + 0.02 (curvenet.prior_slope times
+        curves/features.suspicion_direction); None: no prior, every weight starts at 0.52."""
         super().__init__()
         self.curve_length = curve_length
+        # Not in the state dict: it is fixed by the probe's store, which the method reads again on resume.
+        self.register_buffer("prior_direction", torch.zeros(curve_length) if prior_direction is None
+                             else prior_direction.float(), persistent=False)
         self.curve_branch = _relu_mlp([curve_length, *curve_hidden, embedding_dim])
         self.label_embedding = nn.Embedding(num_classes, embedding_dim)
         self.head = nn.Sequential(_relu_mlp([embedding_dim, *head_hidden]), nn.Linear(head_hidden[-1], 1))
@@ -40,10 +47,11 @@ class CurveNet(nn.Module):
                 nn.init.xavier_normal_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.xavier_uniform_(self.label_embedding.weight)
-        # Every sample starts at the same weight, at the sigmoid's steepest point. The reference code starts at
-        # sigmoid(4.5) = 0.99, where a weight moves 23x less per step: within a small dataset's meta budget the
-        # weights then never separate (docs/DESIGN.md, departures). With a zero last layer, the first Adam step
-        # moves the output layer and the hidden layers follow from the second.
+        # The head starts at zero output, so every weight starts at the prior's (0.52 without one), where the
+        # sigmoid is steep. The reference code starts at sigmoid(4.5) = 0.99, where a weight moves 23x less per
+        # step: within a small dataset's meta budget the weights then never separate (docs/DESIGN.md, departures).
+        # With a zero last layer, the first Adam step moves the output layer and the hidden layers follow from the
+        # second.
         nn.init.zeros_(self.head[-1].weight)
 
     def forward(self, curves: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,7 +63,7 @@ class CurveNet(nn.Module):
             )
         # The reference code adds the label embedding twice: the same as one embedding learning at twice the rate.
         features = self.curve_branch(curves) + 2 * self.label_embedding(labels)
-        return torch.sigmoid(self.head(features)).squeeze(1) + WEIGHT_FLOOR
+        return torch.sigmoid(self.head(features).squeeze(1) - curves @ self.prior_direction) + WEIGHT_FLOOR
 
 
 class MetaWeightNet(nn.Module):
